@@ -1,1 +1,5 @@
-
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod proto;
+pub mod raft;

@@ -1,0 +1,18 @@
+//! The etcd v3 wire types, generated at build time from `proto/`.
+//!
+//! Module names are etcd's protobuf packages so that paths read like etcd's
+//! Go code: `etcdserverpb::RangeRequest`, `mvccpb::KeyValue`.
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}

@@ -1,0 +1,95 @@
+//! The openraft type configuration: what travels through oxcd's Raft log.
+//!
+//! A log entry's payload is one etcd write request, exactly as the client
+//! sent it (after validation); applying it yields the etcd response, or a
+//! deterministic [`ApplyError`] that every member computes alike (for
+//! example a Txn whose range reads a compacted revision). Reads never enter
+//! the log: they pass a ReadIndex barrier instead.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, TxnRequest, TxnResponse,
+};
+
+openraft::declare_raft_types!(
+    /// oxcd's Raft: node ids are etcd member ids.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = MemberId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// etcd's member id: the first 8 bytes of a SHA-1 over the member's peer URLs
+/// and the cluster token (see `cluster::member_id`).
+pub type MemberId = u64;
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<MemberId>;
+pub type StoredMembership = openraft::StoredMembership<MemberId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<MemberId, Member>;
+pub type StorageError = openraft::StorageError<MemberId>;
+
+/// A cluster member as etcd's Cluster API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// A write request replicated through the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compaction(CompactionRequest),
+}
+
+/// The outcome of applying one [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+    /// A request the state machine rejected; it changed nothing.
+    Rejected(ApplyError),
+    /// A blank or membership entry: no client waits for it.
+    None,
+}
+
+/// Rejections decided by the state machine, identically on every member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyError {
+    Compacted,
+    FutureRev,
+    KeyNotFound,
+    LeaseNotFound,
+}
+
+impl From<ApplyError> for crate::error::Error {
+    fn from(e: ApplyError) -> Self {
+        use crate::error::Error;
+        match e {
+            ApplyError::Compacted => Error::Compacted,
+            ApplyError::FutureRev => Error::FutureRev,
+            ApplyError::KeyNotFound => Error::KeyNotFound,
+            ApplyError::LeaseNotFound => Error::LeaseNotFound,
+        }
+    }
+}
