@@ -28,8 +28,11 @@ async fn acknowledged_writes_survive_kill9() {
         tasks.push(tokio::spawn(async move {
             for i in 0..PUTS_PER_WRITER {
                 let (k, v) = (format!("dur/{w}/{i:04}"), format!("value-{w}-{i}"));
-                match tokio::time::timeout(Duration::from_secs(5), c.put(k.clone(), v.clone(), None))
-                    .await
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.put(k.clone(), v.clone(), None),
+                )
+                .await
                 {
                     Ok(Ok(r)) => {
                         let rev = r.header().unwrap().revision();
@@ -64,7 +67,11 @@ async fn acknowledged_writes_survive_kill9() {
     let mut revs: Vec<i64> = acked.iter().map(|a| a.2).collect();
     revs.sort();
     revs.dedup();
-    assert_eq!(revs.len(), acked.len(), "two acknowledged puts share a revision");
+    assert_eq!(
+        revs.len(),
+        acked.len(),
+        "two acknowledged puts share a revision"
+    );
 
     srv.restart().await;
     let mut c = srv.client().await;
@@ -78,7 +85,12 @@ async fn acknowledged_writes_survive_kill9() {
         .map(|kv| {
             (
                 kv.key().to_vec(),
-                (kv.value().to_vec(), kv.mod_revision(), kv.create_revision(), kv.version()),
+                (
+                    kv.value().to_vec(),
+                    kv.mod_revision(),
+                    kv.create_revision(),
+                    kv.version(),
+                ),
             )
         })
         .collect();
@@ -100,7 +112,10 @@ async fn acknowledged_writes_survive_kill9() {
     );
     // Unacknowledged writes may or may not have landed, but nothing else.
     assert!(found.len() >= acked.len());
-    assert!(found.len() <= acked.len() + WRITERS, "more writes than were sent");
+    assert!(
+        found.len() <= acked.len() + WRITERS,
+        "more writes than were sent"
+    );
     let max_acked = *revs.last().unwrap();
     let rev = current_rev(&mut c).await;
     assert!(rev >= max_acked);

@@ -1,7 +1,9 @@
 //! Rejected requests: the exact gRPC code and message etcd 3.5 sends, and the
 //! guarantee that a rejected request changes nothing (same revision, same data).
 
-use etcd_client::{Client, CompactionOptions, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, CompactionOptions, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp,
+};
 use tonic::Code;
 
 use crate::support::{assert_grpc, current_rev, TestServer};
@@ -21,7 +23,11 @@ async fn setup() -> (TestServer, Client) {
 
 /// Nothing changed: revision and k's value are as `setup` left them.
 async fn unchanged(c: &mut Client, rev: i64) {
-    assert_eq!(current_rev(c).await, rev, "a rejected request wrote a revision");
+    assert_eq!(
+        current_rev(c).await,
+        rev,
+        "a rejected request wrote a revision"
+    );
     let g = c.get("k", None).await.unwrap();
     assert_eq!(g.kvs()[0].value(), b"v");
     assert_eq!(g.kvs()[0].mod_revision(), 2);
@@ -34,7 +40,8 @@ async fn empty_key_is_not_provided() {
     assert_grpc(c.get("", None).await, Code::InvalidArgument, NO_KEY);
     assert_grpc(c.delete("", None).await, Code::InvalidArgument, NO_KEY);
     assert_grpc(
-        c.txn(Txn::new().and_then([TxnOp::put("", "x", None)])).await,
+        c.txn(Txn::new().and_then([TxnOp::put("", "x", None)]))
+            .await,
         Code::InvalidArgument,
         NO_KEY,
     );
@@ -91,7 +98,9 @@ async fn txn_too_many_operations() {
     let (_srv, mut c) = setup().await;
     const TOO_MANY: &str = "etcdserver: too many operations in txn request";
     let puts = |n: usize| -> Vec<TxnOp> {
-        (0..n).map(|i| TxnOp::put(format!("op{i:03}"), "x", None)).collect()
+        (0..n)
+            .map(|i| TxnOp::put(format!("op{i:03}"), "x", None))
+            .collect()
     };
     assert_grpc(
         c.txn(Txn::new().and_then(puts(129))).await,
@@ -127,8 +136,12 @@ async fn ignore_value_and_ignore_lease() {
         "etcdserver: value is provided",
     );
     assert_grpc(
-        c.put("k", "", Some(PutOptions::new().with_ignore_lease().with_lease(42)))
-            .await,
+        c.put(
+            "k",
+            "",
+            Some(PutOptions::new().with_ignore_lease().with_lease(42)),
+        )
+        .await,
         Code::InvalidArgument,
         "etcdserver: lease is provided",
     );
@@ -155,7 +168,12 @@ async fn ignore_value_and_ignore_lease() {
         .put(
             "k",
             "",
-            Some(PutOptions::new().with_ignore_value().with_ignore_lease().with_prev_key()),
+            Some(
+                PutOptions::new()
+                    .with_ignore_value()
+                    .with_ignore_lease()
+                    .with_prev_key(),
+            ),
         )
         .await
         .unwrap(); // 4
@@ -184,7 +202,10 @@ async fn ignore_value_and_ignore_lease() {
         .await
         .unwrap(); // 7
     let kv = c.get("k", None).await.unwrap().kvs()[0].clone();
-    assert_eq!((kv.value(), kv.lease(), kv.version()), (&b"v2"[..], lease, 6));
+    assert_eq!(
+        (kv.value(), kv.lease(), kv.version()),
+        (&b"v2"[..], lease, 6)
+    );
     // A plain put without a lease drops it.
     c.put("k", "v3", None).await.unwrap();
     assert_eq!(c.get("k", None).await.unwrap().kvs()[0].lease(), 0);
@@ -203,12 +224,14 @@ async fn range_at_compacted_and_future_revisions() {
     assert_grpc(c.get("k", Some(at(1000))).await, Code::OutOfRange, FUTURE);
     // In a txn too.
     assert_grpc(
-        c.txn(Txn::new().and_then([TxnOp::get("k", Some(at(2)))])).await,
+        c.txn(Txn::new().and_then([TxnOp::get("k", Some(at(2)))]))
+            .await,
         Code::OutOfRange,
         COMPACTED,
     );
     assert_grpc(
-        c.txn(Txn::new().and_then([TxnOp::get("k", Some(at(9)))])).await,
+        c.txn(Txn::new().and_then([TxnOp::get("k", Some(at(9)))]))
+            .await,
         Code::OutOfRange,
         FUTURE,
     );
@@ -228,7 +251,8 @@ async fn compact_at_future_and_already_compacted_revisions() {
     assert_grpc(c.compact(3, None).await, Code::OutOfRange, COMPACTED);
     assert_grpc(c.compact(2, None).await, Code::OutOfRange, COMPACTED);
     assert_grpc(
-        c.compact(1, Some(CompactionOptions::new().with_physical())).await,
+        c.compact(1, Some(CompactionOptions::new().with_physical()))
+            .await,
         Code::OutOfRange,
         COMPACTED,
     );
@@ -249,7 +273,8 @@ async fn request_too_large() {
         "etcdserver: request is too large",
     );
     assert_grpc(
-        c.txn(Txn::new().and_then([TxnOp::put("big", big, None)])).await,
+        c.txn(Txn::new().and_then([TxnOp::put("big", big, None)]))
+            .await,
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
@@ -284,7 +309,8 @@ async fn put_with_unknown_lease() {
     let id = c.lease_grant(60, None).await.unwrap().id();
     c.lease_revoke(id).await.unwrap();
     assert_grpc(
-        c.put("k", "x", Some(PutOptions::new().with_lease(id))).await,
+        c.put("k", "x", Some(PutOptions::new().with_lease(id)))
+            .await,
         Code::NotFound,
         NF,
     );

@@ -8,7 +8,10 @@ async fn put_get_del() {
     let srv = TestServer::start().await;
     assert_eq!(ok_stdout(&srv.etcdctl(&["put", "foo", "bar"])), "OK\n");
     assert_eq!(ok_stdout(&srv.etcdctl(&["get", "foo"])), "foo\nbar\n");
-    assert_eq!(ok_stdout(&srv.etcdctl(&["get", "foo", "--print-value-only"])), "bar\n");
+    assert_eq!(
+        ok_stdout(&srv.etcdctl(&["get", "foo", "--print-value-only"])),
+        "bar\n"
+    );
     // A missing key prints nothing and succeeds.
     assert_eq!(ok_stdout(&srv.etcdctl(&["get", "nope"])), "");
     // --prev-kv on put prints OK then the previous pair.
@@ -42,14 +45,17 @@ async fn get_prefix_limit_sort_and_keys_only() {
         "a\n11\nb\n2\n"
     );
     assert_eq!(
-        ok_stdout(&srv.etcdctl(&[
-            "get", "", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"
-        ])),
+        ok_stdout(&srv.etcdctl(&["get", "", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"])),
         "a\n11\nc\n3\nb\n2\n"
     );
     assert_eq!(
         ok_stdout(&srv.etcdctl(&[
-            "get", "", "--prefix", "--limit=1", "--sort-by=KEY", "--order=DESCEND"
+            "get",
+            "",
+            "--prefix",
+            "--limit=1",
+            "--sort-by=KEY",
+            "--order=DESCEND"
         ])),
         "c\n3\n"
     );
@@ -76,7 +82,10 @@ async fn get_json_has_header_and_base64_kvs() {
     ok_stdout(&srv.etcdctl(&["put", "foo", "baz"]));
     let put = Json::parse(&ok_stdout(&srv.etcdctl(&["put", "k2", "v", "-w", "json"])));
     let h = put.get("header");
-    assert_eq!(h.keys(), ["cluster_id", "member_id", "revision", "raft_term"]);
+    assert_eq!(
+        h.keys(),
+        ["cluster_id", "member_id", "revision", "raft_term"]
+    );
     assert_ne!(h.get("cluster_id").u64(), 0);
     assert_ne!(h.get("member_id").u64(), 0);
     assert_eq!(h.get("revision").i64(), 4);
@@ -111,7 +120,12 @@ async fn get_json_has_header_and_base64_kvs() {
     assert_eq!(j.keys(), ["header"]);
     // --limit sets more.
     let j = Json::parse(&ok_stdout(&srv.etcdctl(&[
-        "get", "", "--prefix", "--limit=1", "-w", "json",
+        "get",
+        "",
+        "--prefix",
+        "--limit=1",
+        "-w",
+        "json",
     ])));
     assert_eq!(j.keys(), ["header", "kvs", "more", "count"]);
     assert_eq!(j.get("more"), &Json::Bool(true));
@@ -160,9 +174,9 @@ async fn txn_interactive_via_stdin() {
     let srv = TestServer::start().await;
     ok_stdout(&srv.etcdctl(&["put", "a", "11"])); // 2
     ok_stdout(&srv.etcdctl(&["put", "b", "2"])); // 3
-    // Non-interactive mode (no -i): compares, blank line, success ops,
-    // blank line, failure ops, blank line. Output: SUCCESS|FAILURE, a blank
-    // line, then each op's output followed by a blank line.
+                                                 // Non-interactive mode (no -i): compares, blank line, success ops,
+                                                 // blank line, failure ops, blank line. Output: SUCCESS|FAILURE, a blank
+                                                 // line, then each op's output followed by a blank line.
     let input = "value(\"a\") = \"11\"\n\nput x yes\nget a\n\nput x no\n\n";
     assert_eq!(
         ok_stdout(&srv.etcdctl_stdin(&["txn"], input)),
@@ -178,7 +192,9 @@ async fn txn_interactive_via_stdin() {
     assert_eq!(ok_stdout(&srv.etcdctl(&["get", "b"])), "");
     // JSON: succeeded is omitted when false; one shared revision.
     let input = "create(\"nokey\") > \"0\"\n\nput y 1\n\nput y 2\nput z 3\n\n";
-    let j = Json::parse(&ok_stdout(&srv.etcdctl_stdin(&["txn", "-w", "json"], input)));
+    let j = Json::parse(&ok_stdout(
+        &srv.etcdctl_stdin(&["txn", "-w", "json"], input),
+    ));
     assert_eq!(j.keys(), ["header", "responses"]);
     assert_eq!(j.get("header").get("revision").i64(), 6);
     let rs = j.get("responses").arr();
@@ -207,20 +223,33 @@ async fn endpoint_status_and_health() {
     assert_eq!(fields[0], host);
     assert!(u64::from_str_radix(fields[1], 16).unwrap() != 0, "{out}");
     assert!(fields[2].starts_with("3.5."), "version {}", fields[2]);
-    assert!(fields[3].ends_with(" kB") || fields[3].ends_with(" MB"), "{out}");
-    assert_eq!((fields[4], fields[5]), ("true", "false"), "single member leads");
+    assert!(
+        fields[3].ends_with(" kB") || fields[3].ends_with(" MB"),
+        "{out}"
+    );
+    assert_eq!(
+        (fields[4], fields[5]),
+        ("true", "false"),
+        "single member leads"
+    );
     assert!(fields[6].parse::<u64>().unwrap() >= 1);
     assert!(fields[7].parse::<u64>().unwrap() >= 1);
     assert!(fields[8].parse::<u64>().unwrap() >= 1);
     assert_eq!(fields[9], "");
 
-    let j = Json::parse(&ok_stdout(&srv.etcdctl(&["endpoint", "status", "-w", "json"])));
+    let j = Json::parse(&ok_stdout(
+        &srv.etcdctl(&["endpoint", "status", "-w", "json"]),
+    ));
     let e = j.idx(0);
     assert_eq!(e.get("Endpoint").str(), host);
     let st = e.get("Status");
     assert!(st.get("version").str().starts_with("3.5."));
     let member = st.get("header").get("member_id").u64();
-    assert_eq!(format!("{member:x}"), fields[1], "table id is member_id in hex");
+    assert_eq!(
+        format!("{member:x}"),
+        fields[1],
+        "table id is member_id in hex"
+    );
     assert_eq!(st.get("leader").u64(), member);
     assert_eq!(st.get("header").get("revision").i64(), 2);
     assert!(st.get("dbSize").i64() > 0);

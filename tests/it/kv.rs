@@ -3,8 +3,8 @@
 //! returns.
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue,
-    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use tonic::Code;
 
@@ -12,7 +12,12 @@ use crate::support::{assert_grpc, current_rev, TestServer};
 
 /// Puts and returns the revision the write created.
 pub async fn put(c: &mut Client, k: &str, v: &str) -> i64 {
-    c.put(k, v, None).await.unwrap().header().unwrap().revision()
+    c.put(k, v, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
 }
 
 fn keys(kvs: &[KeyValue]) -> Vec<String> {
@@ -40,7 +45,11 @@ fn t(k: &str, v: &str, c: i64, m: i64, ver: i64) -> (String, String, i64, i64, i
 async fn revisions_start_at_one_and_advance_once_per_write() {
     let srv = TestServer::start().await;
     let mut c = srv.client().await;
-    assert_eq!(current_rev(&mut c).await, 1, "a new cluster is at revision 1");
+    assert_eq!(
+        current_rev(&mut c).await,
+        1,
+        "a new cluster is at revision 1"
+    );
     assert_eq!(put(&mut c, "a", "1").await, 2);
     assert_eq!(put(&mut c, "b", "1").await, 3);
     // Same key, same value: still a write, still a new revision.
@@ -66,7 +75,13 @@ async fn revisions_start_at_one_and_advance_once_per_write() {
 async fn header_ids_are_nonzero_and_stable_across_restart() {
     let mut srv = TestServer::start().await;
     let mut c = srv.client().await;
-    let h1 = c.put("k", "v", None).await.unwrap().header().unwrap().clone();
+    let h1 = c
+        .put("k", "v", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .clone();
     let h2 = c.get("k", None).await.unwrap().header().unwrap().clone();
     assert_ne!(h1.cluster_id(), 0);
     assert_ne!(h1.member_id(), 0);
@@ -118,7 +133,9 @@ async fn put_get_and_prev_kv() {
     assert!(g.kvs().is_empty());
     assert_eq!((g.count(), g.header().unwrap().revision()), (0, 4));
     // Binary keys and values, and an empty value.
-    c.put(vec![0u8, 255, 1], vec![0u8, 0, 7], None).await.unwrap();
+    c.put(vec![0u8, 255, 1], vec![0u8, 0, 7], None)
+        .await
+        .unwrap();
     c.put("empty", "", None).await.unwrap();
     let g = c.get(vec![0u8, 255, 1], None).await.unwrap();
     assert_eq!(g.kvs()[0].value(), &[0u8, 0, 7]);
@@ -147,7 +164,11 @@ async fn create_mod_version_and_new_generation_after_delete() {
     let at = |r| GetOptions::new().with_revision(r);
     let g = c.get("k", Some(at(2))).await.unwrap();
     assert_eq!(kv_tuple(&g.kvs()[0]), t("k", "v1", 2, 2, 1));
-    assert_eq!(g.header().unwrap().revision(), 5, "header is the current revision");
+    assert_eq!(
+        g.header().unwrap().revision(),
+        5,
+        "header is the current revision"
+    );
     let g = c.get("k", Some(at(3))).await.unwrap();
     assert_eq!(kv_tuple(&g.kvs()[0]), t("k", "v2", 2, 3, 2));
     assert!(c.get("k", Some(at(4))).await.unwrap().kvs().is_empty());
@@ -167,21 +188,39 @@ async fn range_end_prefix_from_key_and_all() {
     let srv = TestServer::start().await;
     let mut c = srv.client().await;
     five_keys(&mut c).await;
-    let g = c.get("a/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let g = c
+        .get("a/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(keys(g.kvs()), ["a/1", "a/2"]);
-    let g = c.get("a", Some(GetOptions::new().with_range("b"))).await.unwrap();
+    let g = c
+        .get("a", Some(GetOptions::new().with_range("b")))
+        .await
+        .unwrap();
     assert_eq!(keys(g.kvs()), ["a", "a/1", "a/2"], "range_end is exclusive");
     // range_end "\0": every key >= key.
-    let g = c.get("b", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let g = c
+        .get("b", Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
     assert_eq!(keys(g.kvs()), ["b", "c"]);
-    let g = c.get("a/2", Some(GetOptions::new().with_range(vec![0u8]))).await.unwrap();
+    let g = c
+        .get("a/2", Some(GetOptions::new().with_range(vec![0u8])))
+        .await
+        .unwrap();
     assert_eq!(keys(g.kvs()), ["a/2", "b", "c"]);
     // key "\0" and range_end "\0": everything.
-    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    let g = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
     assert_eq!(keys(g.kvs()), ["a", "a/1", "a/2", "b", "c"]);
     assert_eq!(g.count(), 5);
     // An empty range (end <= key) is empty, not an error.
-    let g = c.get("c", Some(GetOptions::new().with_range("a"))).await.unwrap();
+    let g = c
+        .get("c", Some(GetOptions::new().with_range("a")))
+        .await
+        .unwrap();
     assert!(g.kvs().is_empty());
     assert_eq!(g.count(), 0);
 }
@@ -200,12 +239,19 @@ async fn range_limit_more_and_count() {
     let g = c.get("", Some(all().with_limit(6))).await.unwrap();
     assert_eq!((g.kvs().len(), g.more(), g.count()), (5, false, 5));
     let g = c.get("", Some(all().with_limit(0))).await.unwrap();
-    assert_eq!((g.kvs().len(), g.more(), g.count()), (5, false, 5), "0 = no limit");
+    assert_eq!(
+        (g.kvs().len(), g.more(), g.count()),
+        (5, false, 5),
+        "0 = no limit"
+    );
     let g = c
         .get("a", Some(GetOptions::new().with_prefix().with_limit(1)))
         .await
         .unwrap();
-    assert_eq!((keys(g.kvs()), g.more(), g.count()), (vec!["a".to_string()], true, 3));
+    assert_eq!(
+        (keys(g.kvs()), g.more(), g.count()),
+        (vec!["a".to_string()], true, 3)
+    );
 }
 
 #[tokio::test]
@@ -213,7 +259,9 @@ async fn range_at_historic_revision() {
     let srv = TestServer::start().await;
     let mut c = srv.client().await;
     five_keys(&mut c).await; // revisions 2..=6
-    c.delete("a", Some(DeleteOptions::new().with_prefix())).await.unwrap(); // 7
+    c.delete("a", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap(); // 7
     put(&mut c, "b", "new").await; // 8
     let all = |r| GetOptions::new().with_all_keys().with_revision(r);
     let g = c.get("", Some(all(4))).await.unwrap();
@@ -268,7 +316,10 @@ async fn range_sort_targets_and_orders() {
     ];
     for (target, order, want) in cases {
         let g = c
-            .get("k", Some(GetOptions::new().with_prefix().with_sort(*target, *order)))
+            .get(
+                "k",
+                Some(GetOptions::new().with_prefix().with_sort(*target, *order)),
+            )
             .await
             .unwrap();
         assert_eq!(keys(g.kvs()), want, "sort {target:?} {order:?}");
@@ -278,7 +329,12 @@ async fn range_sort_targets_and_orders() {
     let g = c
         .get(
             "k",
-            Some(GetOptions::new().with_prefix().with_sort(Mod, Descend).with_limit(1)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(Mod, Descend)
+                    .with_limit(1),
+            ),
         )
         .await
         .unwrap();
@@ -287,7 +343,12 @@ async fn range_sort_targets_and_orders() {
     let g = c
         .get(
             "k",
-            Some(GetOptions::new().with_prefix().with_sort(Key, Descend).with_limit(2)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(Key, Descend)
+                    .with_limit(2),
+            ),
         )
         .await
         .unwrap();
@@ -305,7 +366,11 @@ async fn range_keys_only_and_count_only() {
         .await
         .unwrap();
     assert_eq!(keys(g.kvs()), ["k1", "k2", "k3"]);
-    assert_eq!(kv_tuple(&g.kvs()[0]), t("k1", "", 2, 6, 3), "keys_only drops only the value");
+    assert_eq!(
+        kv_tuple(&g.kvs()[0]),
+        t("k1", "", 2, 6, 3),
+        "keys_only drops only the value"
+    );
     assert_eq!(g.count(), 3);
     let g = c
         .get("k", Some(GetOptions::new().with_prefix().with_count_only()))
@@ -314,7 +379,15 @@ async fn range_keys_only_and_count_only() {
     assert!(g.kvs().is_empty());
     assert_eq!((g.count(), g.more()), (3, false));
     let g = c
-        .get("k", Some(GetOptions::new().with_prefix().with_count_only().with_limit(1)))
+        .get(
+            "k",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_limit(1),
+            ),
+        )
         .await
         .unwrap();
     assert!(g.kvs().is_empty());
@@ -334,8 +407,14 @@ async fn range_mod_and_create_revision_filters() {
         (p().with_max_mod_revision(5), vec!["k3"]),
         (p().with_min_create_revision(3), vec!["k2", "k3"]),
         (p().with_max_create_revision(3), vec!["k1", "k2"]),
-        (p().with_min_create_revision(3).with_max_create_revision(3), vec!["k2"]),
-        (p().with_min_mod_revision(5).with_max_create_revision(2), vec!["k1"]),
+        (
+            p().with_min_create_revision(3).with_max_create_revision(3),
+            vec!["k2"],
+        ),
+        (
+            p().with_min_mod_revision(5).with_max_create_revision(2),
+            vec!["k1"],
+        ),
         (p().with_min_mod_revision(8), vec![]),
     ];
     for (opts, want) in cases {
@@ -373,7 +452,10 @@ async fn delete_range_prev_kv_and_counts() {
     let mut c = srv.client().await;
     five_keys(&mut c).await; // 2..=6
     let d = c
-        .delete("a/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .delete(
+            "a/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
         .await
         .unwrap();
     assert_eq!(d.deleted(), 2);
@@ -381,7 +463,11 @@ async fn delete_range_prev_kv_and_counts() {
         d.prev_kvs().iter().map(kv_tuple).collect::<Vec<_>>(),
         [t("a/1", "v-a/1", 3, 3, 1), t("a/2", "v-a/2", 4, 4, 1)]
     );
-    assert_eq!(d.header().unwrap().revision(), 7, "one revision for the whole range");
+    assert_eq!(
+        d.header().unwrap().revision(),
+        7,
+        "one revision for the whole range"
+    );
     // Without prev_kv: count only.
     let d = c
         .delete("a", Some(DeleteOptions::new().with_range("c")))
@@ -390,7 +476,10 @@ async fn delete_range_prev_kv_and_counts() {
     assert_eq!(d.deleted(), 2, "a and b; c is the exclusive end");
     assert!(d.prev_kvs().is_empty());
     assert_eq!(d.header().unwrap().revision(), 8);
-    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    let g = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
     assert_eq!(keys(g.kvs()), ["c"]);
     // From key.
     let d = c
@@ -426,7 +515,9 @@ async fn txn_compare_targets_and_operators() {
     put(&mut c, "other", "_").await; // 3
     put(&mut c, "x", "m").await; // 4: x create 2, mod 4, version 2, value m
     let lease = c.lease_grant(60, None).await.unwrap().id();
-    c.put("l", "v", Some(PutOptions::new().with_lease(lease))).await.unwrap(); // 5
+    c.put("l", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap(); // 5
     use CompareOp::*;
     let cases: Vec<(Compare, bool)> = vec![
         (Compare::version("x", Equal, 2), true),
@@ -490,7 +581,10 @@ async fn txn_compare_over_a_range() {
         (Compare::version("r/", Less, 3).with_prefix(), true),
         (Compare::mod_revision("r/", Less, 5).with_prefix(), true),
         (Compare::mod_revision("r/", Less, 4).with_prefix(), false),
-        (Compare::create_revision("r/1", Equal, 2).with_range("r/2"), true),
+        (
+            Compare::create_revision("r/1", Equal, 2).with_range("r/2"),
+            true,
+        ),
         (Compare::value("r/", Less, "c").with_prefix(), true),
         (Compare::value("r/", Equal, "a").with_prefix(), false),
         (Compare::version("r/", Greater, 0).with_range("t"), true),
@@ -527,7 +621,11 @@ async fn txn_branches_responses_and_one_revision() {
     };
     let r = c.txn(txn()).await.unwrap();
     assert!(r.succeeded());
-    assert_eq!(r.header().unwrap().revision(), 4, "one revision for the whole txn");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        4,
+        "one revision for the whole txn"
+    );
     let ops = r.op_responses();
     assert_eq!(ops.len(), 4);
     match &ops[0] {
@@ -589,7 +687,10 @@ async fn txn_several_writes_to_different_keys_share_the_revision_with_sub_order(
         .await
         .unwrap();
     assert_eq!(r.header().unwrap().revision(), 2);
-    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    let g = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
     assert_eq!(
         g.kvs().iter().map(kv_tuple).collect::<Vec<_>>(),
         [t("p", "1", 2, 2, 1), t("q", "1", 2, 2, 1)]
@@ -640,7 +741,11 @@ async fn compact_then_old_revisions_are_gone() {
         put(&mut c, "k", &format!("v{i}")).await; // 2..=6
     }
     let r = c.compact(4, None).await.unwrap();
-    assert_eq!(r.header().unwrap().revision(), 6, "compaction is not a write");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        6,
+        "compaction is not a write"
+    );
     assert_eq!(current_rev(&mut c).await, 6);
     let at = |r| GetOptions::new().with_revision(r);
     assert_grpc(
@@ -674,7 +779,10 @@ async fn physical_compact_and_deleted_keys() {
         Code::OutOfRange,
         "etcdserver: mvcc: required revision has been compacted",
     );
-    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    let g = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
     assert_eq!(keys(g.kvs()), ["e"]);
     // A re-put of a key deleted before the compaction starts a new generation.
     put(&mut c, "d", "2").await; // 5

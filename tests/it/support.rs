@@ -260,9 +260,7 @@ impl TestServer {
             Client::connect([self.endpoint()], Some(opts)),
         )
         .await
-        .unwrap_or_else(|_| {
-            Err(etcd_client::Error::InvalidArgs("connect timed out".into()))
-        })
+        .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("connect timed out".into())))
     }
 
     /// A fresh etcd-client connection (requests time out after 10 s).
