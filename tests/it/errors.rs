@@ -278,6 +278,15 @@ async fn request_too_large() {
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
+    // Past limit + 512 KiB gRPC itself refuses the message.
+    let huge = vec![b'x'; 2 * 1024 * 1024 + 1];
+    let st = crate::support::grpc_status(c.put("huge", huge, None).await);
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(
+        st.message()
+            .starts_with("grpc: received message larger than max ("),
+        "{st:?}"
+    );
     unchanged(&mut c, 2).await;
     // Just under the limit is fine.
     let r = c.put("big", vec![b'y'; 1024 * 1024], None).await.unwrap();
@@ -315,4 +324,44 @@ async fn put_with_unknown_lease() {
         NF,
     );
     unchanged(&mut c, 2).await;
+}
+
+#[tokio::test]
+async fn txn_nested_duplicates_and_empty_compare_key() {
+    let (_srv, mut c) = setup().await;
+    const DUP: &str = "etcdserver: duplicate key given in txn request";
+    // A put in a nested txn clashes with a put of the outer branch.
+    let inner = Txn::new().and_then([TxnOp::put("a", "inner", None)]);
+    assert_grpc(
+        c.txn(Txn::new().and_then([TxnOp::put("a", "outer", None), TxnOp::txn(inner)]))
+            .await,
+        Code::InvalidArgument,
+        DUP,
+    );
+    // ... and with a delete of the outer branch.
+    let inner = Txn::new().or_else([TxnOp::put("k", "inner", None)]);
+    assert_grpc(
+        c.txn(Txn::new().and_then([TxnOp::delete("k", None), TxnOp::txn(inner)]))
+            .await,
+        Code::InvalidArgument,
+        DUP,
+    );
+    // A compare needs a key too.
+    assert_grpc(
+        c.txn(Txn::new().when([Compare::version("", CompareOp::Equal, 0)]))
+            .await,
+        Code::InvalidArgument,
+        NO_KEY,
+    );
+    unchanged(&mut c, 2).await;
+    // The nested txn's two branches may each put the same key as each other.
+    let inner = Txn::new()
+        .and_then([TxnOp::put("a", "1", None)])
+        .or_else([TxnOp::put("a", "2", None)]);
+    let r = c
+        .txn(Txn::new().and_then([TxnOp::txn(inner)]))
+        .await
+        .unwrap();
+    assert!(r.succeeded());
+    assert_eq!(r.header().unwrap().revision(), 3);
 }

@@ -149,9 +149,21 @@ impl TestServer {
             bin: server_bin(),
             starts: 0,
         };
-        s.spawn();
-        s.wait_ready().await;
-        s
+        // Ports are picked then released, so another process can take one in
+        // between: retry with fresh ports when that is why startup failed.
+        for attempt in 1..=3 {
+            s.spawn();
+            match s.wait_ready().await {
+                Ok(()) => return s,
+                Err(e) if attempt < 3 && s.logs().contains("address already in use") => {
+                    eprintln!("port clash ({e}), retrying with new ports");
+                    s.kill9();
+                    (s.client_port, s.peer_port) = free_ports();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -214,16 +226,16 @@ impl TestServer {
         s
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last_err = String::new();
         for _attempt in 0..400 {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                return Err(format!(
                     "{} exited during startup with {status}\n--- server output ---\n{}",
                     self.bin.display(),
                     self.logs()
-                );
+                ));
             }
             if Instant::now() > deadline {
                 break;
@@ -235,7 +247,7 @@ impl TestServer {
                 )
                 .await
                 {
-                    Ok(Ok(_)) => return,
+                    Ok(Ok(_)) => return Ok(()),
                     Ok(Err(e)) => last_err = e.to_string(),
                     Err(_) => last_err = "get timed out".into(),
                 },
@@ -243,12 +255,12 @@ impl TestServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
+        Err(format!(
             "{} not ready after {:?} (last error: {last_err})\n--- server output ---\n{}",
             self.bin.display(),
             READY_TIMEOUT,
             self.logs()
-        );
+        ))
     }
 
     async fn try_client(&self) -> Result<Client, etcd_client::Error> {
@@ -290,7 +302,9 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.spawn();
-        self.wait_ready().await;
+        if let Err(e) = self.wait_ready().await {
+            panic!("restart failed: {e}");
+        }
     }
 
     /// Runs etcdctl against this server.
