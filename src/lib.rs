@@ -1,1 +1,2 @@
-
+pub mod raft;
+pub mod wal;
