@@ -18,8 +18,9 @@
 //!
 //! # Invariants
 //!
-//! - Entries are consecutive in scan order, except that the first entry after
-//!   a `Purged{p}` record may be `p + 1` when everything before it is purged.
+//! - Entry indexes strictly increase in scan order. openraft never leaves a
+//!   hole, but its conformance suite appends with gaps, so a forward gap is
+//!   representable; a repeated or decreasing index is corruption.
 //! - Conflict truncation is physical: the file is cut at the record offset and
 //!   later segments are deleted, so no stale entry is ever left to shadow a
 //!   newer one.
@@ -49,7 +50,8 @@
 //! payload, bad length, CRC mismatch) in the newest segment with no valid
 //! record anywhere after it up to EOF is a torn write from a crash: the file
 //! is truncated there and a warning logged. Anything else — a bad record in an
-//! older segment, a bad record followed by a valid one, or an index gap — is
+//! older segment, a bad record followed by a valid one, or an index that does
+//! not increase — is
 //! corruption: `open` fails with [`WalError::Corrupt`] naming file and offset.
 //!
 //! # Reads
@@ -321,24 +323,39 @@ impl Wal {
         self.inner.syncs.load(Ordering::Relaxed)
     }
 
-    /// Queues `entries` (index, encoded entry), which must continue the log
-    /// without a hole. They are readable when this returns; `done` runs after
-    /// the fsync that covers them.
+    /// Queues `entries` (index, encoded entry; indexes increasing). If the
+    /// first index is not past the last entry, the log is truncated there
+    /// first. They are readable when this returns; `done` runs after the
+    /// fsync that covers them.
     pub fn append(&self, entries: Vec<(u64, Vec<u8>)>, done: Completion) -> Result<(), WalError> {
         let mut sh = self.lock();
-        let mut expect = match (sh.slots.keys().next_back(), &sh.purged) {
-            (Some(l), _) => Some(l + 1),
-            (None, Some((p, _))) => Some(p + 1),
-            (None, None) => None,
-        };
+        let mut prev: Option<u64> = None;
         for (i, _) in &entries {
-            if expect.is_some_and(|e| e != *i) {
+            if prev.is_some_and(|p| *i <= p) {
                 return Err(WalError::Invalid(format!(
-                    "append of index {i} would leave a hole: expected {}",
-                    expect.unwrap_or_default()
+                    "append batch not increasing at index {i}"
                 )));
             }
-            expect = Some(i + 1);
+            prev = Some(*i);
+        }
+        // Entries a purge already covers are dropped, as recovery would drop
+        // them (openraft never sends them; its conformance suite does).
+        let purged = sh.purged.as_ref().map(|(p, _)| *p);
+        let mut entries = entries;
+        entries.retain(|(i, _)| purged.is_none_or(|p| *i > p));
+        let Some(first) = entries.first().map(|(i, _)| *i) else {
+            return self.send(
+                &sh,
+                Cmd::Append {
+                    entries: Vec::new(),
+                    done,
+                },
+            );
+        };
+        if sh.slots.keys().next_back().is_some_and(|l| first <= *l) {
+            // Overwrite: an implicit truncate, queued before the append.
+            drop(sh.slots.split_off(&first));
+            self.send(&sh, Cmd::Truncate(first, Box::new(|_| {})))?;
         }
         let mut queued = Vec::with_capacity(entries.len());
         for (i, data) in entries {

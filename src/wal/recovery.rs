@@ -92,26 +92,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             };
             match rec {
                 Record::Entry { index, .. } => {
-                    let follows_purge = out
-                        .purged
-                        .as_ref()
-                        .is_some_and(|(p, _)| p + 1 == index && last_index.is_none_or(|l| *p >= l));
-                    let ok = match last_index {
-                        None => true,
-                        Some(l) => index == l + 1 || follows_purge,
-                    };
-                    if !ok {
+                    // Truncation is physical, so indexes only ever increase in
+                    // scan order. Forward gaps are representable (see mod.rs).
+                    if let Some(l) = last_index.filter(|l| index <= *l) {
                         return Err(WalError::Corrupt {
                             path,
                             offset: off as u64,
-                            reason: format!(
-                                "entry index {index} does not follow {}",
-                                last_index.unwrap_or_default()
-                            ),
+                            reason: format!("entry index {index} does not follow {l}"),
                         });
-                    }
-                    if follows_purge {
-                        all.clear();
                     }
                     last_index = Some(index);
                     all.insert(
