@@ -23,4 +23,5 @@ pub mod mvcc;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod tls;
 pub mod wal;

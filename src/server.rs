@@ -29,23 +29,30 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, TypeConfig};
+use crate::tls;
 
 /// Sockets the server accepts on, bound by the caller.
 pub struct Listeners {
-    pub client: Vec<TcpListener>,
+    pub client: Vec<ClientListener>,
     pub peer: Vec<TcpListener>,
+}
+
+/// A client socket and whether its URL is `https` (served with TLS, see
+/// [`crate::tls`]).
+pub struct ClientListener {
+    pub listener: TcpListener,
+    pub tls: bool,
 }
 
 impl Listeners {
     /// Binds `--listen-client-urls` and `--listen-peer-urls`.
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        tls::check_client_urls(config)?;
         let mut client = Vec::new();
         for url in split_urls(&config.listen_client_urls).map_err(anyhow::Error::msg)? {
-            if url.tls {
-                bail!("https client URLs need TLS, which this build does not support yet");
-            }
             let addr = url.bind_addr().map_err(anyhow::Error::msg)?;
-            client.push(TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?);
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            client.push(ClientListener { listener, tls: url.tls });
         }
         let mut peer = Vec::new();
         for url in split_urls(&config.listen_peer_urls).map_err(anyhow::Error::msg)? {
@@ -69,9 +76,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    if config.cert_file.is_some() || config.trusted_ca_file.is_some() || config.client_cert_auth {
-        bail!("client TLS flags are not supported by this build yet");
-    }
+    // Only https listeners use the TLS flags (http ones ignore them, as etcd does).
+    let tls_config = match listeners.client.iter().find(|l| l.tls) {
+        Some(l) => match tls::server_tls(&config)? {
+            Some(c) => Some(c),
+            None => return Err(tls::missing_cert_error(&format!("https://{}", l.listener.local_addr()?))),
+        },
+        None => None,
+    };
     let boot = Bootstrap::from_config(&config).map_err(anyhow::Error::msg)?;
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
@@ -123,10 +135,14 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners.client {
+    for ClientListener { listener, tls: https } in listeners.client {
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, member_id = %format!("{:x}", boot.member_id), "serving client requests");
-        let router = Server::builder()
+        tracing::info!(%addr, https, member_id = %format!("{:x}", boot.member_id), "serving client requests");
+        let mut builder = Server::builder();
+        if let Some(tls_config) = tls_config.as_ref().filter(|_| https) {
+            builder = builder.tls_config(tls_config.clone()).context("client TLS configuration")?;
+        }
+        let router = builder
             .add_service(KvServer::new(api::kv::KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
             .add_service(
                 MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))

@@ -9,3 +9,4 @@ mod errors;
 mod etcdctl;
 mod kv;
 mod support;
+mod tls;

@@ -19,11 +19,11 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, TlsOptions};
 
 /// How long a server may take to answer its first request.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -120,6 +120,19 @@ fn free_ports() -> (u16, u16) {
     )
 }
 
+/// How to start a server beyond the defaults (tests of flags such as TLS).
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// Extra server flags, after the harness's own.
+    pub args: Vec<String>,
+    /// Listen on and advertise the client URL as `https://`.
+    pub https: bool,
+    /// TLS of the harness's etcd-client connections (readiness probe, `client()`).
+    pub client_tls: Option<TlsOptions>,
+    /// Flags put before every `etcdctl()` call's own (`--cacert`, `--cert`, `--key`).
+    pub etcdctl_args: Vec<String>,
+}
+
 /// One single-member server process.
 pub struct TestServer {
     child: Option<Child>,
@@ -131,16 +144,22 @@ pub struct TestServer {
     bin: PathBuf,
     /// Number of times the process was started (log files are per start).
     starts: u32,
+    opts: StartOptions,
 }
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        Self::start_with(StartOptions::default()).await
+    }
+
+    /// A server that is not started yet (see `start_with`, `start_expecting_exit`).
+    fn new(opts: StartOptions) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("oxcd-it-")
             .tempdir()
             .expect("tempdir");
         let (client_port, peer_port) = free_ports();
-        let mut s = TestServer {
+        TestServer {
             child: None,
             dir,
             name: "it".to_string(),
@@ -148,7 +167,13 @@ impl TestServer {
             peer_port,
             bin: server_bin(),
             starts: 0,
-        };
+            opts,
+        }
+    }
+
+    /// Starts a server with extra flags and waits until it answers.
+    pub async fn start_with(opts: StartOptions) -> TestServer {
+        let mut s = Self::new(opts);
         // Ports are picked then released, so another process can take one in
         // between: retry with fresh ports when that is why startup failed.
         for attempt in 1..=3 {
@@ -174,9 +199,30 @@ impl TestServer {
         self.dir.path().join(format!("server.{}.log", self.starts))
     }
 
-    /// `http://127.0.0.1:P`
+    /// `http://127.0.0.1:P` (`https://` with `StartOptions::https`)
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.opts.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts a server that must fail to start; returns its exit status and
+    /// output once it has exited (panics if it is still up after `READY_TIMEOUT`).
+    pub async fn start_expecting_exit(opts: StartOptions) -> (ExitStatus, String) {
+        let mut s = Self::new(opts);
+        s.spawn();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                s.child = None;
+                return (status, s.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{} still running after {READY_TIMEOUT:?}; expected it to refuse to start\n{}",
+            s.bin.display(),
+            s.logs()
+        );
     }
 
     fn peer_url(&self) -> String {
@@ -201,6 +247,7 @@ impl TestServer {
             .arg(self.peer_url())
             .arg("--initial-cluster")
             .arg(format!("{}={}", self.name, self.peer_url()))
+            .args(&self.opts.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -264,9 +311,20 @@ impl TestServer {
     }
 
     async fn try_client(&self) -> Result<Client, etcd_client::Error> {
-        let opts = ConnectOptions::new()
+        self.try_client_tls(self.opts.client_tls.clone()).await
+    }
+
+    /// An etcd-client connection with the given TLS settings (`None`: none).
+    pub async fn try_client_tls(
+        &self,
+        tls: Option<TlsOptions>,
+    ) -> Result<Client, etcd_client::Error> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(10));
+        if let Some(tls) = tls {
+            opts = opts.with_tls(tls);
+        }
         tokio::time::timeout(
             Duration::from_secs(3),
             Client::connect([self.endpoint()], Some(opts)),
@@ -315,6 +373,18 @@ impl TestServer {
     /// Runs etcdctl against this server with `input` on its stdin
     /// (for the interactive `txn`).
     pub fn etcdctl_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut all: Vec<&str> = self.opts.etcdctl_args.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        self.etcdctl_bare_stdin(&all, input)
+    }
+
+    /// Runs etcdctl without `StartOptions::etcdctl_args` (e.g. without the
+    /// TLS flags), only the endpoint and timeouts.
+    pub fn etcdctl_bare(&self, args: &[&str]) -> Output {
+        self.etcdctl_bare_stdin(args, "")
+    }
+
+    fn etcdctl_bare_stdin(&self, args: &[&str], input: &str) -> Output {
         let mut cmd = Command::new(etcdctl_bin());
         cmd.arg(format!("--endpoints={}", self.endpoint()))
             .arg("--dial-timeout=5s")
