@@ -216,4 +216,23 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn unusable_pem_is_a_startup_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let p = pem.to_str().unwrap();
+        let e = server_tls(&config(&["--cert-file", p, "--key-file", p]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("client TLS configuration (--cert-file "),
+            "{e}"
+        );
+    }
 }
