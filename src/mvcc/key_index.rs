@@ -361,7 +361,10 @@ mod tests {
         assert!(ki.tombstone(Revision::new(3, 0)));
         ki.put(Revision::new(3, 1));
         let kr = ki.get(3).unwrap();
-        assert_eq!((kr.modified, kr.created, kr.ver), (Revision::new(3, 1), 3, 1));
+        assert_eq!(
+            (kr.modified, kr.created, kr.ver),
+            (Revision::new(3, 1), 3, 1)
+        );
     }
 
     #[test]

@@ -374,7 +374,9 @@ impl Store {
         self.inner
             .compact_rev
             .store(compact_revision, Ordering::SeqCst);
-        self.inner.finished_rev.store(NO_COMPACTION, Ordering::SeqCst);
+        self.inner
+            .finished_rev
+            .store(NO_COMPACTION, Ordering::SeqCst);
         self.inner.current_rev.store(revision, Ordering::SeqCst);
         tracing::info!(revision, compact_revision, "mvcc snapshot installed");
         if compact_revision > NO_COMPACTION {
@@ -412,15 +414,15 @@ enum SnapRecord {
     End,
 }
 
-fn codec(e: bincode::Error) -> StorageError {
-    match *e {
+fn codec(e: bincode::ErrorKind) -> StorageError {
+    match e {
         bincode::ErrorKind::Io(e) => StorageError::Io(e),
         e => StorageError::Corrupt(format!("snapshot: {e}")),
     }
 }
 
 fn read_record(r: &mut impl Read) -> Result<SnapRecord, StorageError> {
-    bincode::deserialize_from(r).map_err(codec)
+    bincode::deserialize_from(r).map_err(|e| codec(*e))
 }
 
 /// A logical snapshot at [`Snapshot::revision`]: the revisions at or below
@@ -446,7 +448,8 @@ impl Snapshot {
 
     /// Stream the snapshot; reads sled lazily, never holds a lock.
     pub fn write_to(&self, w: &mut impl Write) -> Result<(), StorageError> {
-        let mut put = |rec: &SnapRecord| bincode::serialize_into(&mut *w, rec).map_err(codec);
+        let mut put =
+            |rec: &SnapRecord| bincode::serialize_into(&mut *w, rec).map_err(|e| codec(*e));
         put(&SnapRecord::Header {
             magic: SNAPSHOT_MAGIC.into(),
             revision: self.revision,

@@ -144,7 +144,8 @@ pub(crate) fn range<V: ReadView + ?Sized>(
         // The index yields keys ascending; other targets default to ascending.
         order = SortOrder::Ascend as i32;
     }
-    let by_key_ascend = r.sort_target == SortTarget::Key as i32 && order == SortOrder::Ascend as i32;
+    let by_key_ascend =
+        r.sort_target == SortTarget::Key as i32 && order == SortOrder::Ascend as i32;
     if !by_key_ascend {
         let cmp: Option<fn(&KeyValue, &KeyValue) -> std::cmp::Ordering> =
             match SortTarget::try_from(r.sort_target) {
@@ -223,7 +224,14 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 /// etcd `applyCompare`: every key in the range must satisfy the compare; an
 /// empty range compares the zero KeyValue, except VALUE, which fails.
 fn apply_compare<V: ReadView + ?Sized>(view: &V, c: &Compare) -> Result<bool, StorageError> {
-    let rr = match range_keys(view, &c.key, RangeEnd::from_request(&c.range_end), 0, 0, false) {
+    let rr = match range_keys(
+        view,
+        &c.key,
+        RangeEnd::from_request(&c.range_end),
+        0,
+        0,
+        false,
+    ) {
         Ok(rr) => rr,
         Err(ApplyError::Storage(e)) => return Err(e),
         Err(_) => return Ok(false),
@@ -270,11 +278,14 @@ fn branch(t: &TxnRequest, succeeded: bool) -> &[RequestOp] {
 
 /// etcd `isTxnReadonly`: no put or delete in either branch, at any depth.
 fn is_txn_readonly(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
-        Some(Request::RequestTxn(sub)) => is_txn_readonly(sub),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+            Some(Request::RequestTxn(sub)) => is_txn_readonly(sub),
+            _ => true,
+        })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -379,7 +390,8 @@ impl<'a> Applier<'a> {
         };
         index.put(key, idx_rev);
         drop(index);
-        self.batch.insert(&rev_key(idx_rev), &encode_stored(&kv, false));
+        self.batch
+            .insert(&rev_key(idx_rev), &encode_stored(&kv, false));
         self.pending.insert(idx_rev, kv);
         self.changes += 1;
         rev
@@ -397,7 +409,8 @@ impl<'a> Applier<'a> {
                 ..Default::default()
             };
             self.inner.index_mut().tombstone(k, idx_rev);
-            self.batch.insert(&rev_key(idx_rev), &encode_stored(&tomb, true));
+            self.batch
+                .insert(&rev_key(idx_rev), &encode_stored(&tomb, true));
             self.changes += 1;
         }
         pairs.len() as i64
@@ -615,5 +628,600 @@ impl<'a> Applier<'a> {
             self.inner.signal_compactor();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::mvcc::Store;
+    use crate::proto::etcdserverpb::{
+        compare::{CompareResult as CR, CompareTarget as CT},
+        RequestOp,
+    };
+
+    pub fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    pub fn put(s: &Store, k: &str, v: &str) -> PutResponse {
+        let mut a = s.begin_apply();
+        let r = a
+            .put(&PutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        a.commit().unwrap();
+        r
+    }
+
+    pub fn del(s: &Store, k: &str, end: &str) -> DeleteRangeResponse {
+        let mut a = s.begin_apply();
+        let r = a
+            .delete_range(&DeleteRangeRequest {
+                key: k.into(),
+                range_end: end.into(),
+                prev_kv: true,
+            })
+            .unwrap();
+        a.commit().unwrap();
+        r
+    }
+
+    fn txn(s: &Store, t: &TxnRequest) -> Result<TxnResponse, ApplyError> {
+        let mut a = s.begin_apply();
+        let r = a.txn(t);
+        a.commit().unwrap();
+        r
+    }
+
+    fn rng(k: &str, end: &str) -> RangeRequest {
+        RangeRequest {
+            key: k.into(),
+            range_end: end.into(),
+            ..Default::default()
+        }
+    }
+
+    fn keys(r: &RangeResponse) -> Vec<String> {
+        r.kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect()
+    }
+
+    fn op_put(k: &str, v: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn op_range(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestRange(rng(k, ""))),
+        }
+    }
+
+    fn cmp(k: &str, target: CT, result: CR, u: TargetUnion) -> Compare {
+        Compare {
+            key: k.into(),
+            target: target as i32,
+            result: result as i32,
+            target_union: Some(u),
+            range_end: vec![],
+        }
+    }
+
+    #[test]
+    fn revisions_versions_generations() {
+        let (_d, s) = open();
+        assert_eq!(s.current_revision(), 1);
+        assert_eq!(s.compact_revision(), -1);
+        assert_eq!(put(&s, "a", "1").header.unwrap().revision, 2);
+        assert_eq!(put(&s, "a", "2").header.unwrap().revision, 3);
+        let kv = &s.range(&rng("a", "")).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        let d = del(&s, "a", "");
+        assert_eq!((d.deleted, d.header.unwrap().revision), (1, 4));
+        assert_eq!(d.prev_kvs[0].value, b"2");
+        // Deleting nothing leaves the revision alone.
+        let d = del(&s, "a", "");
+        assert_eq!((d.deleted, d.header.unwrap().revision), (0, 4));
+        assert_eq!(s.current_revision(), 4);
+        put(&s, "a", "3");
+        let kv = &s.range(&rng("a", "")).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+        // History stays readable.
+        let mut r = rng("a", "");
+        r.revision = 3;
+        let old = s.range(&r).unwrap();
+        assert_eq!(old.kvs[0].value, b"2");
+        assert_eq!(old.header.unwrap().revision, 5);
+        r.revision = 4;
+        assert_eq!(s.range(&r).unwrap().count, 0);
+        r.revision = 6;
+        assert!(matches!(s.range(&r), Err(ApplyError::FutureRev)));
+    }
+
+    #[test]
+    fn range_options_golden() {
+        let (_d, s) = open();
+        put(&s, "d", "1"); // 2
+        put(&s, "c", "3"); // 3
+        put(&s, "b", "2"); // 4
+        put(&s, "a", "4"); // 5
+        put(&s, "c", "5"); // 6 (c version 2)
+        let all = rng("a", "\0");
+        let r = s.range(&all).unwrap();
+        assert_eq!(keys(&r), ["a", "b", "c", "d"]);
+        assert_eq!((r.count, r.more), (4, false));
+
+        let r = s
+            .range(&RangeRequest {
+                limit: 2,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["a", "b"]);
+        assert_eq!((r.count, r.more), (4, true));
+        let r = s
+            .range(&RangeRequest {
+                limit: 4,
+                ..all.clone()
+            })
+            .unwrap();
+        assert!(!r.more);
+
+        let r = s.range(&rng("b", "d")).unwrap();
+        assert_eq!(keys(&r), ["b", "c"]);
+
+        // Sort by mod revision descending, limit 3.
+        let r = s
+            .range(&RangeRequest {
+                sort_target: SortTarget::Mod as i32,
+                sort_order: SortOrder::Descend as i32,
+                limit: 3,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["c", "a", "b"]);
+        assert_eq!((r.count, r.more), (4, true));
+        // Target VERSION with order NONE sorts ascending; stable on ties.
+        let r = s
+            .range(&RangeRequest {
+                sort_target: SortTarget::Version as i32,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["a", "b", "d", "c"]);
+        // Sort by value descending.
+        let r = s
+            .range(&RangeRequest {
+                sort_target: SortTarget::Value as i32,
+                sort_order: SortOrder::Descend as i32,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["c", "a", "b", "d"]);
+        // Key descending.
+        let r = s
+            .range(&RangeRequest {
+                sort_order: SortOrder::Descend as i32,
+                limit: 1,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((keys(&r), r.more), (vec!["d".to_string()], true));
+
+        // Filters prune, count does not change, more reflects the pruned list.
+        let r = s
+            .range(&RangeRequest {
+                min_mod_revision: 4,
+                limit: 2,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["a", "b"]);
+        assert_eq!((r.count, r.more), (4, true));
+        let r = s
+            .range(&RangeRequest {
+                max_create_revision: 3,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["c", "d"]);
+        assert_eq!(r.count, 4);
+        let r = s
+            .range(&RangeRequest {
+                max_mod_revision: 5,
+                min_create_revision: 3,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["a", "b"]);
+
+        let r = s
+            .range(&RangeRequest {
+                keys_only: true,
+                ..all.clone()
+            })
+            .unwrap();
+        assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+        assert_eq!(r.kvs[2].version, 2);
+        let r = s
+            .range(&RangeRequest {
+                count_only: true,
+                limit: 1,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.count, r.more), (0, 4, false));
+        // At an old revision: header is still the current revision.
+        let r = s
+            .range(&RangeRequest {
+                revision: 3,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(keys(&r), ["c", "d"]);
+        assert_eq!(r.header.unwrap().revision, 6);
+        // Empty / inverted ranges.
+        assert_eq!(s.range(&rng("zz", "")).unwrap().count, 0);
+        assert_eq!(s.range(&rng("d", "a")).unwrap().count, 0);
+    }
+
+    #[test]
+    fn put_options() {
+        let (_d, s) = open();
+        let mut a = s.begin_apply();
+        let e = a.put(&PutRequest {
+            key: "k".into(),
+            ignore_value: true,
+            ..Default::default()
+        });
+        assert!(matches!(e, Err(ApplyError::KeyNotFound)));
+        let e = a.put(&PutRequest {
+            key: "k".into(),
+            lease: 7,
+            ..Default::default()
+        });
+        assert!(matches!(e, Err(ApplyError::LeaseNotFound)));
+        let r = a
+            .put(&PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                prev_kv: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(r.prev_kv.is_none());
+        let r = a
+            .put(&PutRequest {
+                key: "k".into(),
+                ignore_value: true,
+                prev_kv: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.prev_kv.unwrap().value, b"v");
+        assert_eq!(r.header.unwrap().revision, 3);
+        a.commit().unwrap();
+        let kv = &s.range(&rng("k", "")).unwrap().kvs[0];
+        assert_eq!((kv.value.as_slice(), kv.version), (&b"v"[..], 2));
+        assert_eq!(s.current_revision(), 3);
+    }
+
+    #[test]
+    fn txn_compares_golden() {
+        let (_d, s) = open();
+        put(&s, "a", "x"); // 2
+        put(&s, "b", "y"); // 3
+        let run = |c: Vec<Compare>| {
+            txn(
+                &s,
+                &TxnRequest {
+                    compare: c,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .succeeded
+        };
+        assert!(run(vec![cmp(
+            "a",
+            CT::Value,
+            CR::Equal,
+            TargetUnion::Value("x".into())
+        )]));
+        assert!(!run(vec![cmp(
+            "a",
+            CT::Value,
+            CR::Equal,
+            TargetUnion::Value("z".into())
+        )]));
+        assert!(run(vec![cmp(
+            "a",
+            CT::Value,
+            CR::Less,
+            TargetUnion::Value("y".into())
+        )]));
+        // VALUE on a missing key is false whatever the operator.
+        assert!(!run(vec![cmp(
+            "m",
+            CT::Value,
+            CR::NotEqual,
+            TargetUnion::Value("q".into())
+        )]));
+        // Other targets compare the zero KeyValue.
+        assert!(run(vec![cmp(
+            "m",
+            CT::Version,
+            CR::Equal,
+            TargetUnion::Version(0)
+        )]));
+        assert!(run(vec![cmp(
+            "m",
+            CT::Create,
+            CR::Less,
+            TargetUnion::CreateRevision(1)
+        )]));
+        assert!(run(vec![cmp(
+            "a",
+            CT::Mod,
+            CR::Equal,
+            TargetUnion::ModRevision(2)
+        )]));
+        assert!(run(vec![cmp(
+            "a",
+            CT::Create,
+            CR::Greater,
+            TargetUnion::CreateRevision(1)
+        )]));
+        assert!(run(vec![cmp(
+            "a",
+            CT::Lease,
+            CR::Equal,
+            TargetUnion::Lease(0)
+        )]));
+        // Mismatched union compares against 0.
+        assert!(run(vec![cmp(
+            "a",
+            CT::Version,
+            CR::Greater,
+            TargetUnion::Value("".into())
+        )]));
+        // Over a range every key must match.
+        let mut c = cmp("a", CT::Mod, CR::Greater, TargetUnion::ModRevision(1));
+        c.range_end = "c".into();
+        assert!(run(vec![c.clone()]));
+        c.target_union = Some(TargetUnion::ModRevision(2));
+        assert!(!run(vec![c]));
+        // All compares must hold.
+        assert!(!run(vec![
+            cmp("a", CT::Version, CR::Equal, TargetUnion::Version(1)),
+            cmp("b", CT::Version, CR::Equal, TargetUnion::Version(2)),
+        ]));
+        // Read-only txns leave the revision alone.
+        assert_eq!(s.current_revision(), 3);
+    }
+
+    #[test]
+    fn txn_execution_golden() {
+        let (_d, s) = open();
+        put(&s, "a", "1"); // 2
+        let nested = TxnRequest {
+            // Evaluated before the outer txn writes: "n" does not exist yet.
+            compare: vec![cmp("n", CT::Version, CR::Equal, TargetUnion::Version(0))],
+            success: vec![op_put("n", "2"), op_range("n")],
+            failure: vec![],
+        };
+        let t = TxnRequest {
+            compare: vec![cmp(
+                "a",
+                CT::Value,
+                CR::Equal,
+                TargetUnion::Value("1".into()),
+            )],
+            success: vec![
+                op_range("n"),
+                op_put("n", "1"),
+                op_range("n"),
+                RequestOp {
+                    request: Some(Request::RequestTxn(nested)),
+                },
+                RequestOp {
+                    request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: "a".into(),
+                        ..Default::default()
+                    })),
+                },
+            ],
+            failure: vec![op_put("f", "1")],
+        };
+        let r = txn(&s, &t).unwrap();
+        assert!(r.succeeded);
+        assert_eq!(r.header.unwrap().revision, 3);
+        let resp = |i: usize| r.responses[i].response.clone().unwrap();
+        let Response::ResponseRange(r0) = resp(0) else {
+            panic!()
+        };
+        assert_eq!((r0.count, r0.header.unwrap().revision), (0, 2));
+        let Response::ResponsePut(p1) = resp(1) else {
+            panic!()
+        };
+        assert_eq!(p1.header.unwrap().revision, 3);
+        let Response::ResponseRange(r2) = resp(2) else {
+            panic!()
+        };
+        assert_eq!(r2.kvs[0].value, b"1");
+        assert_eq!(r2.header.unwrap().revision, 3);
+        let Response::ResponseTxn(t3) = resp(3) else {
+            panic!()
+        };
+        assert!(t3.succeeded);
+        assert_eq!(t3.header.unwrap().revision, 0);
+        let Some(Response::ResponseRange(inner)) = t3.responses[1].response.clone() else {
+            panic!()
+        };
+        let kv = &inner.kvs[0];
+        assert_eq!(
+            (kv.value.as_slice(), kv.version, kv.mod_revision),
+            (&b"2"[..], 2, 3)
+        );
+        let Response::ResponseDeleteRange(d4) = resp(4) else {
+            panic!()
+        };
+        assert_eq!((d4.deleted, d4.header.unwrap().revision), (1, 3));
+        // Sub-revisions 0 (put n), 1 (put n), 2 (tombstone a).
+        let changes = s.changes(3, 3, 0).unwrap();
+        let subs: Vec<_> = changes
+            .iter()
+            .map(|c| (c.revision.sub, c.is_delete))
+            .collect();
+        assert_eq!(subs, [(0, false), (1, false), (2, true)]);
+        assert_eq!(s.current_revision(), 3);
+    }
+
+    #[test]
+    fn failing_txn_changes_nothing() {
+        let (_d, s) = open();
+        put(&s, "a", "1"); // 2
+        let bad_put = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: "missing".into(),
+                ignore_value: true,
+                ..Default::default()
+            })),
+        };
+        let t = TxnRequest {
+            success: vec![op_put("a", "2"), bad_put],
+            ..Default::default()
+        };
+        assert!(matches!(txn(&s, &t), Err(ApplyError::KeyNotFound)));
+        let future = RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key: "a".into(),
+                revision: 9,
+                ..Default::default()
+            })),
+        };
+        let nested = TxnRequest {
+            failure: vec![future],
+            compare: vec![cmp("a", CT::Version, CR::Equal, TargetUnion::Version(5))],
+            ..Default::default()
+        };
+        let t = TxnRequest {
+            success: vec![
+                op_put("a", "3"),
+                RequestOp {
+                    request: Some(Request::RequestTxn(nested)),
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(matches!(txn(&s, &t), Err(ApplyError::FutureRev)));
+        let mut lease_put = op_put("b", "1");
+        if let Some(Request::RequestPut(p)) = &mut lease_put.request {
+            p.lease = 42;
+        }
+        let t = TxnRequest {
+            failure: vec![lease_put],
+            compare: vec![cmp("a", CT::Version, CR::Equal, TargetUnion::Version(9))],
+            ..Default::default()
+        };
+        assert!(matches!(txn(&s, &t), Err(ApplyError::LeaseNotFound)));
+        assert_eq!(s.current_revision(), 2);
+        assert_eq!(s.range(&rng("a", "")).unwrap().kvs[0].value, b"1");
+        // A txn whose writes delete nothing keeps the revision.
+        let t = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: "zz".into(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(txn(&s, &t).unwrap().header.unwrap().revision, 2);
+        assert_eq!(s.current_revision(), 2);
+    }
+
+    #[test]
+    fn compaction_rules_and_restart() {
+        let (dir, s) = open();
+        for i in 0..5 {
+            put(&s, "a", &i.to_string()); // 2..=6
+        }
+        put(&s, "b", "x"); // 7
+        del(&s, "b", ""); // 8
+        put(&s, "c", "y"); // 9
+        let compact = |s: &Store, rev| {
+            let mut a = s.begin_apply();
+            let r = a.compact(&CompactionRequest {
+                revision: rev,
+                physical: false,
+            });
+            a.commit().unwrap();
+            r
+        };
+        assert!(matches!(compact(&s, 10), Err(ApplyError::FutureRev)));
+        assert_eq!(compact(&s, 8).unwrap().header.unwrap().revision, 9);
+        assert!(matches!(compact(&s, 8), Err(ApplyError::Compacted)));
+        assert!(matches!(compact(&s, 3), Err(ApplyError::Compacted)));
+        futures::executor::block_on(s.wait_compacted(8));
+        let mut r = rng("a", "\0");
+        r.revision = 7;
+        assert!(matches!(s.range(&r), Err(ApplyError::Compacted)));
+        r.revision = 8;
+        let at8 = s.range(&r).unwrap();
+        assert_eq!(keys(&at8), ["a"]);
+        assert_eq!(at8.kvs[0].version, 5);
+        // Only a@6 and c@9 are left on disk.
+        let left: Vec<_> = s.changes(8, 9, 0).unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(matches!(s.changes(7, 9, 0), Err(ApplyError::Compacted)));
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!((s.current_revision(), s.compact_revision()), (9, 8));
+        assert_eq!(s.range(&r).unwrap(), at8);
+        let kv = &s.range(&rng("a", "")).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.version), (2, 5));
+        put(&s, "a", "z");
+        let kv = &s.range(&rng("a", "")).unwrap().kvs[0];
+        assert_eq!(
+            (kv.create_revision, kv.version, kv.mod_revision),
+            (2, 6, 10)
+        );
+    }
+
+    #[test]
+    fn compaction_of_everything_keeps_revision() {
+        let (dir, s) = open();
+        put(&s, "a", "1");
+        del(&s, "a", "");
+        let mut a = s.begin_apply();
+        a.compact(&CompactionRequest {
+            revision: 3,
+            physical: true,
+        })
+        .unwrap();
+        a.set_applied_meta(b"log-7".to_vec());
+        a.commit().unwrap();
+        futures::executor::block_on(s.wait_compacted(3));
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!((s.current_revision(), s.compact_revision()), (3, 3));
+        assert_eq!(s.applied_meta().unwrap().unwrap(), b"log-7");
+        assert_eq!(put(&s, "a", "2").header.unwrap().revision, 4);
+        let kv = &s.range(&rng("a", "")).unwrap().kvs[0];
+        assert_eq!((kv.create_revision, kv.version), (4, 1));
     }
 }
