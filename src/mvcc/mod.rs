@@ -72,6 +72,8 @@
 pub mod backend;
 mod compact;
 pub mod key_index;
+#[cfg(test)]
+mod model_tests;
 pub mod revision;
 mod store;
 mod txn;

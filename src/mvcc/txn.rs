@@ -608,11 +608,6 @@ impl<'a> Applier<'a> {
         self.rev
     }
 
-    /// Whether a lease id is known (the `l` keyspace).
-    pub fn lease_exists_in_store(&self, id: i64) -> Result<bool, StorageError> {
-        self.lease_exists(id)
-    }
-
     /// Write everything as one sled batch, then publish to readers.
     pub fn commit(mut self) -> Result<(), StorageError> {
         if self.rev != self.start_rev {
