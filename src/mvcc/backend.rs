@@ -125,11 +125,25 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Open sled in `dir`. sled holds a file lock while any handle lives; a
+    /// store just dropped may still be released by its compactor thread
+    /// (which finishes at most one chunk), so a held lock is retried for a
+    /// few seconds before giving up.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()?;
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_CAPACITY);
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if attempts < 100 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let tree = db.open_tree("mvcc")?;
         Ok(Backend { db, tree })
     }

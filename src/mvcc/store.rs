@@ -570,4 +570,23 @@ mod tests {
             .count();
         assert!(below <= 1200, "{below}");
     }
+
+    #[test]
+    fn torn_install_is_wiped_at_open() {
+        let (dir, s) = open();
+        put(&s, "a", "1");
+        let mut snap = vec![];
+        s.snapshot().unwrap().write_to(&mut snap).unwrap();
+        // Cut the stream short: the install fails half-way.
+        let torn = &snap[..snap.len() - 3];
+        assert!(s.install_snapshot(&mut &torn[..]).is_err());
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.current_revision(), 1);
+        assert_eq!(s.range(&all(0)).unwrap().count, 0);
+        assert_eq!(s.applied_meta().unwrap(), None);
+        s.install_snapshot(&mut snap.as_slice()).unwrap();
+        assert_eq!(s.current_revision(), 2);
+        assert_eq!(s.range(&all(0)).unwrap().kvs[0].value, b"1");
+    }
 }
