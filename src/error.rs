@@ -22,6 +22,8 @@ pub enum Error {
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
@@ -64,3 +66,16 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::mvcc::ApplyError> for Error {
+    fn from(e: crate::mvcc::ApplyError) -> Self {
+        use crate::mvcc::ApplyError as A;
+        match e {
+            A::Compacted => Error::Compacted,
+            A::FutureRev => Error::FutureRev,
+            A::KeyNotFound => Error::KeyNotFound,
+            A::LeaseNotFound => Error::LeaseNotFound,
+            A::Storage(e) => Error::internal(e),
+        }
+    }
+}

@@ -1,6 +1,26 @@
+//! oxcd: a drop-in replacement for etcd v3.
+//!
+//! ```text
+//! client (etcdctl, clientv3, kube-apiserver)
+//!    │ gRPC: etcdserverpb.KV / Maintenance / Cluster
+//!    ▼
+//! api/        one module per etcd service: validate, route, fill headers
+//!    │ writes → Raft proposal          reads → ReadIndex barrier, local store
+//!    ▼
+//! raft/       openraft: type config, log store (the WAL), state machine
+//!    ▼ committed entries, in log order
+//! mvcc/       etcd's revisioned key space over sled
+//! ```
+//!
+//! Every write goes through Raft, on one member as on five: a single-member
+//! server is a one-member cluster, never a separate code path.
+
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;
+pub mod server;
+pub mod wal;

@@ -1,1 +1,44 @@
-fn main() {}
+//! The `oxcd` binary: parse etcd's flags, start logging, run the server until
+//! SIGTERM or SIGINT.
+
+use clap::Parser;
+use oxcd::config::Config;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(config: &Config) {
+    let level = match config.log_level.as_str() {
+        "panic" | "fatal" => "error",
+        l => l,
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,sled=warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_tracing(&config);
+    match oxcd::server::run(config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("oxcd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

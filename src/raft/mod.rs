@@ -1,1 +1,7 @@
+//! openraft glue: the type config, the WAL-backed log store, the MVCC state
+//! machine and the peer network.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
 pub mod types;

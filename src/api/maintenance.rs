@@ -1,0 +1,117 @@
+//! etcd's Maintenance service: what etcd's tools need from day one (Status,
+//! Alarm list, Defragment), with the rest landing with their issues.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::Context;
+use crate::config::ETCD_VERSION;
+use crate::error::Error;
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::*;
+
+pub struct MaintenanceService {
+    ctx: Context,
+}
+
+impl MaintenanceService {
+    pub fn new(ctx: Context) -> Self {
+        MaintenanceService { ctx }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // No alarm is ever raised yet (no quota enforcement, no corruption
+        // check), so the list is empty and deactivating is a no-op, as in
+        // etcd when no alarm is set.
+        match AlarmAction::try_from(req.into_inner().action) {
+            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(Response::new(AlarmResponse {
+                header: Some(self.ctx.header(self.ctx.store.current_revision())),
+                alarms: vec![],
+            })),
+            _ => Err(Error::Unimplemented("oxcd: raising alarms is not supported yet").into()),
+        }
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let db_size = self.ctx.store.size_on_disk();
+        Ok(Response::new(StatusResponse {
+            header: Some(self.ctx.header(self.ctx.store.current_revision())),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+            errors: vec![],
+            db_size_in_use: db_size,
+            is_learner: false,
+            storage_version: String::new(),
+            db_size_quota: self.ctx.quota_bytes,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // sled reclaims space from its own log-structured segments; there is
+        // no separate defragmentation pass to run.
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.ctx.header(self.ctx.store.current_revision())),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(Error::Unimplemented("oxcd: Hash is not supported yet").into())
+    }
+
+    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Err(Error::Unimplemented("oxcd: HashKV is not supported yet").into())
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Error::Unimplemented("oxcd: Snapshot is not supported yet").into())
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = req.into_inner().target_id;
+        let m = self.ctx.raft.metrics().borrow().clone();
+        if !m.membership_config.membership().voter_ids().any(|id| id == target) {
+            return Err(Error::BadLeaderTransferee.into());
+        }
+        if m.current_leader != Some(self.ctx.member_id) {
+            return Err(Error::NotLeader.into());
+        }
+        if target != self.ctx.member_id {
+            return Err(Error::Unimplemented("oxcd: leader transfer is not supported yet").into());
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.ctx.header(self.ctx.store.current_revision())),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Error::Unimplemented("oxcd: Downgrade is not supported").into())
+    }
+}

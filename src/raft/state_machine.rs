@@ -1,0 +1,305 @@
+//! The Raft state machine: committed entries applied to the MVCC store.
+//!
+//! Every call to `apply` turns one run of committed entries into ONE sled
+//! batch that also records the last applied log id and membership, so the
+//! store is always a consistent prefix of the log: after a crash openraft
+//! reads `applied_state` back and re-applies whatever came after it.
+//!
+//! Snapshots are files under `<data-dir>/snap/`:
+//!
+//! ```text
+//! u32 LE length | bincode(SnapshotMeta) | store snapshot (mvcc::Snapshot::write_to)
+//! ```
+//!
+//! A snapshot is captured between two applies (so its revision matches its
+//! log id exactly) and streamed to disk without blocking later applies. The
+//! store is flushed before a snapshot is reported built, because openraft
+//! purges the WAL up to it.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use super::types::{
+    ApplyError, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::mvcc::{self, Applier, Store};
+
+/// What the state machine persists beside the data, in the same batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+pub struct StateMachine {
+    store: Store,
+    snap_dir: PathBuf,
+    applied: AppliedState,
+    /// Path and meta of the newest complete snapshot file.
+    current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+}
+
+impl StateMachine {
+    pub fn open(store: Store, snap_dir: &Path) -> std::io::Result<StateMachine> {
+        std::fs::create_dir_all(snap_dir)?;
+        let applied = match store.applied_meta().map_err(std::io::Error::other)? {
+            Some(bytes) => bincode::deserialize(&bytes).map_err(std::io::Error::other)?,
+            None => AppliedState::default(),
+        };
+        let current = Self::find_newest_snapshot(snap_dir)?;
+        Ok(StateMachine {
+            store,
+            snap_dir: snap_dir.to_path_buf(),
+            applied,
+            current: Arc::new(Mutex::new(current)),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Finds the newest readable snapshot; half-written `.tmp` files are removed.
+    fn find_newest_snapshot(dir: &Path) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
+        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("tmp") => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Some("snap") => {
+                    let meta = read_meta(&mut std::fs::File::open(&path)?)?;
+                    if best.as_ref().is_none_or(|(b, _)| b.last_log_id < meta.last_log_id) {
+                        best = Some((meta, path));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(best)
+    }
+
+    /// Applies one request. A rejection every member computes alike becomes
+    /// the response; a storage failure stops the member.
+    fn apply_request(a: &mut Applier<'_>, log_id: LogId, req: &Request) -> Result<Response, StorageError> {
+        let r = match req {
+            Request::Put(r) => a.put(r).map(Response::Put),
+            Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
+            Request::Txn(r) => a.txn(r).map(Response::Txn),
+            Request::Compaction(r) => a.compact(r).map(Response::Compaction),
+        };
+        match r {
+            Ok(resp) => Ok(resp),
+            Err(mvcc::ApplyError::Compacted) => Ok(Response::Rejected(ApplyError::Compacted)),
+            Err(mvcc::ApplyError::FutureRev) => Ok(Response::Rejected(ApplyError::FutureRev)),
+            Err(mvcc::ApplyError::KeyNotFound) => Ok(Response::Rejected(ApplyError::KeyNotFound)),
+            Err(mvcc::ApplyError::LeaseNotFound) => Ok(Response::Rejected(ApplyError::LeaseNotFound)),
+            Err(mvcc::ApplyError::Storage(e)) => Err(StorageIOError::apply(log_id, &e).into()),
+        }
+    }
+}
+
+fn snapshot_io_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+fn read_meta(f: &mut impl Read) -> std::io::Result<SnapshotMeta> {
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+    f.read_exact(&mut buf)?;
+    bincode::deserialize(&buf).map_err(std::io::Error::other)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Keeps the newest snapshot file and deletes older ones.
+fn remove_older_snapshots(dir: &Path, keep: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p != keep && p.extension().and_then(|e| e.to_str()) == Some("snap") {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+pub struct SnapshotBuilder {
+    /// Captured between two applies; taken by `build_snapshot`.
+    snapshot: Option<Result<mvcc::Snapshot, mvcc::StorageError>>,
+    meta: SnapshotMeta,
+    store: Store,
+    snap_dir: PathBuf,
+    current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let meta = self.meta.clone();
+        let snapshot = self
+            .snapshot
+            .take()
+            .ok_or_else(|| std::io::Error::other("snapshot builder used twice"))
+            .map_err(snapshot_io_err)?
+            .map_err(snapshot_io_err)?;
+        let store = self.store.clone();
+        let dir = self.snap_dir.clone();
+        let path = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+            let name = format!("{}.snap", meta.snapshot_id);
+            let tmp = dir.join(format!("{name}.tmp"));
+            let path = dir.join(name);
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let meta_bytes = bincode::serialize(&meta).map_err(std::io::Error::other)?;
+            f.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
+            f.write_all(&meta_bytes)?;
+            snapshot.write_to(&mut f).map_err(std::io::Error::other)?;
+            let f = f.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            fsync_dir(&dir)?;
+            // The WAL will be purged up to this snapshot: the store must hold
+            // at least as much durably before that happens.
+            store.flush().map_err(std::io::Error::other)?;
+            Ok(path)
+        })
+        .await
+        .map_err(snapshot_io_err)?
+        .map_err(|e| snapshot_io_err(e))?;
+        remove_older_snapshots(&self.snap_dir, &path);
+        *self.current.lock().unwrap() = Some((self.meta.clone(), path.clone()));
+        tracing::info!(snapshot = %self.meta, "built snapshot");
+        let file = tokio::fs::File::open(&path).await.map_err(snapshot_io_err)?;
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(file) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut a = self.store.begin_apply();
+        let mut out = Vec::new();
+        for entry in entries {
+            self.applied.last_applied = Some(entry.log_id);
+            out.push(match &entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(req) => Self::apply_request(&mut a, entry.log_id, req)?,
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Response::None
+                }
+            });
+        }
+        let meta = bincode::serialize(&self.applied)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        a.set_applied_meta(meta);
+        // An I/O failure here stops this member (openraft treats a storage
+        // error as fatal) rather than letting it diverge from the others.
+        a.commit().map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let last = self.applied.last_applied;
+        let snapshot = self.store.snapshot();
+        let revision = snapshot.as_ref().map_or(0, |s| s.revision());
+        let snapshot_id = match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, revision),
+            None => format!("0-0-{revision}"),
+        };
+        SnapshotBuilder {
+            snapshot: Some(snapshot),
+            meta: SnapshotMeta {
+                last_log_id: last,
+                last_membership: self.applied.membership.clone(),
+                snapshot_id,
+            },
+            store: self.store.clone(),
+            snap_dir: self.snap_dir.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snap_dir.join("receiving.tmp");
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(snapshot_io_err)?;
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let mut file = snapshot.into_std().await;
+        let store = self.store.clone();
+        let dir = self.snap_dir.clone();
+        let meta_c = meta.clone();
+        let path = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+            file.sync_all()?;
+            file.seek(SeekFrom::Start(0))?;
+            let mut r = std::io::BufReader::new(&mut file);
+            let _sender_meta = read_meta(&mut r)?;
+            store.install_snapshot(&mut r).map_err(std::io::Error::other)?;
+            drop(r);
+            let path = dir.join(format!("{}.snap", meta_c.snapshot_id));
+            std::fs::rename(dir.join("receiving.tmp"), &path)?;
+            fsync_dir(&dir)?;
+            Ok(path)
+        })
+        .await
+        .map_err(snapshot_io_err)?
+        .map_err(|e| snapshot_io_err(e))?;
+        self.applied = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        let mut a = self.store.begin_apply();
+        a.set_applied_meta(
+            bincode::serialize(&self.applied).map_err(|e| StorageIOError::write_state_machine(&e))?,
+        );
+        a.commit().map_err(|e| StorageIOError::write_state_machine(&e))?;
+        self.store.flush().map_err(|e| StorageIOError::write_state_machine(&e))?;
+        remove_older_snapshots(&self.snap_dir, &path);
+        *self.current.lock().unwrap() = Some((meta.clone(), path));
+        tracing::info!(snapshot = %meta, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self.current.lock().unwrap().clone();
+        match current {
+            None => Ok(None),
+            Some((meta, path)) => {
+                let file = tokio::fs::File::open(&path).await.map_err(snapshot_io_err)?;
+                Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Wiring: opens the WAL and the store, starts Raft, serves etcd's gRPC API.
+//!
+//! `serve` takes already-bound listeners and a shutdown future, so tests and
+//! embedders can bind port 0; `run` binds the URLs from the flags.
+//!
+//! ```text
+//! <data-dir>/wal/    the Raft log (src/wal): segments, vote, committed index
+//! <data-dir>/db/     sled: the MVCC key space, leases, applied log id
+//! <data-dir>/snap/   Raft snapshots of the state machine
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{self, Context, GRPC_OVERHEAD_BYTES};
+use crate::cluster::Bootstrap;
+use crate::config::{split_urls, Config};
+use crate::mvcc::Store;
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::types::{Raft, TypeConfig};
+
+/// Sockets the server accepts on, bound by the caller.
+pub struct Listeners {
+    pub client: Vec<TcpListener>,
+    pub peer: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `--listen-client-urls` and `--listen-peer-urls`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let mut client = Vec::new();
+        for url in split_urls(&config.listen_client_urls).map_err(anyhow::Error::msg)? {
+            if url.tls {
+                bail!("https client URLs need TLS, which this build does not support yet");
+            }
+            let addr = url.bind_addr().map_err(anyhow::Error::msg)?;
+            client.push(TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?);
+        }
+        let mut peer = Vec::new();
+        for url in split_urls(&config.listen_peer_urls).map_err(anyhow::Error::msg)? {
+            let addr = url.bind_addr().map_err(anyhow::Error::msg)?;
+            peer.push(TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?);
+        }
+        Ok(Listeners { client, peer })
+    }
+}
+
+/// Binds the configured URLs and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    serve(config, listeners, shutdown).await
+}
+
+/// Starts the member on the given listeners and serves until `shutdown`.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    if config.cert_file.is_some() || config.trusted_ca_file.is_some() || config.client_cert_auth {
+        bail!("client TLS flags are not supported by this build yet");
+    }
+    let boot = Bootstrap::from_config(&config).map_err(anyhow::Error::msg)?;
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+
+    let log_store = LogStore::<TypeConfig>::open(&config.wal_dir())
+        .with_context(|| format!("open WAL in {}", config.wal_dir().display()))?;
+    let store = Store::open(&data_dir.join("db")).context("open the MVCC store")?;
+    let sm = StateMachine::open(store.clone(), &data_dir.join("snap")).context("open snapshots")?;
+
+    let raft_config = openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        election_timeout_min: config.election_timeout,
+        election_timeout_max: config.election_timeout * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        // etcd keeps this many entries behind a snapshot for slow followers.
+        max_in_snapshot_log_to_keep: 5000,
+        ..Default::default()
+    };
+    let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
+    let raft = Raft::new(boot.member_id, raft_config, Network, log_store, sm)
+        .await
+        .context("start raft")?;
+
+    if !raft.is_initialized().await? {
+        if config.initial_cluster_state != "new" {
+            bail!("--initial-cluster-state=existing needs a data dir that already holds a member");
+        }
+        tracing::info!(member_id = %format!("{:x}", boot.member_id), cluster_id = %format!("{:x}", boot.cluster_id), "bootstrapping a new cluster");
+        raft.initialize(boot.members.clone()).await.context("initialize the cluster")?;
+    } else if is_sole_voter(&raft, boot.member_id) {
+        // A one-member cluster need not sit out an election timeout after a
+        // restart: its own vote is the quorum.
+        raft.trigger().elect().await?;
+    }
+    wait_for_leader(&raft, config.election() * 3).await;
+
+    let ctx = Context {
+        raft: raft.clone(),
+        store: store.clone(),
+        cluster_id: boot.cluster_id,
+        member_id: boot.member_id,
+        max_txn_ops: config.max_txn_ops as usize,
+        max_request_bytes: config.max_request_bytes as usize,
+        quota_bytes: config.quota_bytes(),
+        request_timeout: Duration::from_secs(5) + config.election() * 2,
+    };
+    let max_msg = config.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners.client {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, member_id = %format!("{:x}", boot.member_id), "serving client requests");
+        let router = Server::builder()
+            .add_service(KvServer::new(api::kv::KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
+            .add_service(
+                MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
+                    .max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                ClusterServer::new(api::cluster::ClusterService::new(ctx.clone()))
+                    .max_decoding_message_size(max_msg),
+            );
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    // The peer listeners are held so the ports stay ours; the peer transport
+    // arrives with the many-member issue.
+    let _peer = listeners.peer;
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        Some(res) = servers.join_next() => {
+            res??;
+            bail!("a client listener stopped unexpectedly");
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(res) = servers.join_next().await {
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, "client listener failed while stopping");
+        }
+    }
+    raft.shutdown().await.ok();
+    store.flush().context("flush the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn is_sole_voter(raft: &Raft, me: u64) -> bool {
+    let m = raft.metrics().borrow().clone();
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    voters == [me]
+}
+
+async fn wait_for_leader(raft: &Raft, max: Duration) {
+    let mut metrics = raft.metrics();
+    let _ = tokio::time::timeout(max, metrics.wait_for(|m| m.current_leader.is_some())).await;
+}

