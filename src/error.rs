@@ -34,6 +34,10 @@ pub enum Error {
     LeaseNotFound,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// grpc-go's answer to a message past the server's receive limit
+    /// (`--max-request-bytes` plus 512 KiB), which etcd clients see.
+    #[error("grpc: received message larger than max ({got} vs. {max})")]
+    MessageTooLarge { got: usize, max: usize },
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: no leader")]

@@ -51,20 +51,32 @@ impl Listeners {
         let mut client = Vec::new();
         for url in split_urls(&config.listen_client_urls).map_err(anyhow::Error::msg)? {
             let addr = url.bind_addr().map_err(anyhow::Error::msg)?;
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
-            client.push(ClientListener { listener, tls: url.tls });
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
+            client.push(ClientListener {
+                listener,
+                tls: url.tls,
+            });
         }
         let mut peer = Vec::new();
         for url in split_urls(&config.listen_peer_urls).map_err(anyhow::Error::msg)? {
             let addr = url.bind_addr().map_err(anyhow::Error::msg)?;
-            peer.push(TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?);
+            peer.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen on {addr}"))?,
+            );
         }
         Ok(Listeners { client, peer })
     }
 }
 
 /// Binds the configured URLs and serves until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     serve(config, listeners, shutdown).await
 }
@@ -80,7 +92,10 @@ pub async fn serve(
     let tls_config = match listeners.client.iter().find(|l| l.tls) {
         Some(l) => match tls::server_tls(&config)? {
             Some(c) => Some(c),
-            None => return Err(tls::missing_cert_error(&format!("https://{}", l.listener.local_addr()?))),
+            None => {
+                let url = format!("https://{}", l.listener.local_addr()?);
+                return Err(tls::missing_cert_error(&url));
+            }
         },
         None => None,
     };
@@ -113,7 +128,9 @@ pub async fn serve(
             bail!("--initial-cluster-state=existing needs a data dir that already holds a member");
         }
         tracing::info!(member_id = %format!("{:x}", boot.member_id), cluster_id = %format!("{:x}", boot.cluster_id), "bootstrapping a new cluster");
-        raft.initialize(boot.members.clone()).await.context("initialize the cluster")?;
+        raft.initialize(boot.members.clone())
+            .await
+            .context("initialize the cluster")?;
     } else if is_sole_voter(&raft, boot.member_id) {
         // A one-member cluster need not sit out an election timeout after a
         // restart: its own vote is the quorum.
@@ -128,22 +145,34 @@ pub async fn serve(
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,
         max_request_bytes: config.max_request_bytes as usize,
+        max_recv_bytes: config.max_request_bytes as usize + GRPC_OVERHEAD_BYTES,
         quota_bytes: config.quota_bytes(),
         request_timeout: Duration::from_secs(5) + config.election() * 2,
     };
-    let max_msg = config.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
+    // Room past the receive limit so that `Context::check_received` answers
+    // oversized messages with grpc-go's status, as etcd does.
+    let max_msg = ctx.max_recv_bytes.saturating_mul(4);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    for ClientListener { listener, tls: https } in listeners.client {
+    for ClientListener {
+        listener,
+        tls: https,
+    } in listeners.client
+    {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, https, member_id = %format!("{:x}", boot.member_id), "serving client requests");
         let mut builder = Server::builder();
         if let Some(tls_config) = tls_config.as_ref().filter(|_| https) {
-            builder = builder.tls_config(tls_config.clone()).context("client TLS configuration")?;
+            builder = builder
+                .tls_config(tls_config.clone())
+                .context("client TLS configuration")?;
         }
         let router = builder
-            .add_service(KvServer::new(api::kv::KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
+            .add_service(
+                KvServer::new(api::kv::KvService::new(ctx.clone()))
+                    .max_decoding_message_size(max_msg),
+            )
             .add_service(
                 MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
                     .max_decoding_message_size(max_msg),

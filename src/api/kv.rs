@@ -29,17 +29,23 @@ fn mismatch() -> Status {
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.into_inner();
+        self.ctx.check_received(&r)?;
         validate::check_range(&r)?;
         if !r.serializable {
             self.ctx.read_barrier().await?;
         }
-        let mut resp = self.ctx.store.range(&r).map_err(crate::error::Error::from)?;
+        let mut resp = self
+            .ctx
+            .store
+            .range(&r)
+            .map_err(crate::error::Error::from)?;
         self.ctx.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let r = req.into_inner();
+        self.ctx.check_received(&r)?;
         validate::check_put(&r)?;
         match self.ctx.propose(Write::Put(r)).await? {
             Applied::Put(mut resp) => {
@@ -55,6 +61,7 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let r = req.into_inner();
+        self.ctx.check_received(&r)?;
         validate::check_delete(&r)?;
         match self.ctx.propose(Write::DeleteRange(r)).await? {
             Applied::DeleteRange(mut resp) => {
@@ -67,6 +74,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let r = req.into_inner();
+        self.ctx.check_received(&r)?;
         validate::check_txn(&r, self.ctx.max_txn_ops)?;
         match self.ctx.propose(Write::Txn(r)).await? {
             Applied::Txn(mut resp) => {

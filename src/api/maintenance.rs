@@ -32,15 +32,20 @@ impl Maintenance for MaintenanceService {
         // check), so the list is empty and deactivating is a no-op, as in
         // etcd when no alarm is set.
         match AlarmAction::try_from(req.into_inner().action) {
-            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => Ok(Response::new(AlarmResponse {
-                header: Some(self.ctx.header(self.ctx.store.current_revision())),
-                alarms: vec![],
-            })),
+            Ok(AlarmAction::Get) | Ok(AlarmAction::Deactivate) => {
+                Ok(Response::new(AlarmResponse {
+                    header: Some(self.ctx.header(self.ctx.store.current_revision())),
+                    alarms: vec![],
+                }))
+            }
             _ => Err(Error::Unimplemented("oxcd: raising alarms is not supported yet").into()),
         }
     }
 
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let m = self.ctx.raft.metrics().borrow().clone();
         let db_size = self.ctx.store.size_on_disk();
         Ok(Response::new(StatusResponse {
@@ -75,7 +80,10 @@ impl Maintenance for MaintenanceService {
         Err(Error::Unimplemented("oxcd: Hash is not supported yet").into())
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         Err(Error::Unimplemented("oxcd: HashKV is not supported yet").into())
     }
 
@@ -94,7 +102,12 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
         let m = self.ctx.raft.metrics().borrow().clone();
-        if !m.membership_config.membership().voter_ids().any(|id| id == target) {
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == target)
+        {
             return Err(Error::BadLeaderTransferee.into());
         }
         if m.current_leader != Some(self.ctx.member_id) {

@@ -34,6 +34,8 @@ pub struct Context {
     pub member_id: MemberId,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// The gRPC receive limit: `max_request_bytes` + [`GRPC_OVERHEAD_BYTES`].
+    pub max_recv_bytes: usize,
     pub quota_bytes: i64,
     /// etcd's request timeout: 5 s plus two election timeouts.
     pub request_timeout: Duration,
@@ -51,8 +53,25 @@ impl Context {
 
     /// Completes a header the store filled with its revision.
     pub fn fill(&self, header: &mut Option<ResponseHeader>) {
-        let revision = header.as_ref().map_or_else(|| self.store.current_revision(), |h| h.revision);
+        let revision = header
+            .as_ref()
+            .map_or_else(|| self.store.current_revision(), |h| h.revision);
         *header = Some(self.header(revision));
+    }
+
+    /// etcd's gRPC server refuses a message past its receive limit with
+    /// grpc-go's own status. tonic's decoder is given more room (see
+    /// `server.rs`) so that this check, with grpc-go's code and message,
+    /// is the one clients meet.
+    pub fn check_received(&self, msg: &impl Message) -> Result<(), Error> {
+        let got = msg.encoded_len();
+        if got > self.max_recv_bytes {
+            return Err(Error::MessageTooLarge {
+                got,
+                max: self.max_recv_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Proposes a write and waits until this member has applied it.
@@ -74,7 +93,11 @@ impl Context {
                 data => Ok(data),
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(if f.leader_id.is_some() { Error::NotLeader } else { Error::NoLeader })
+                Err(if f.leader_id.is_some() {
+                    Error::NotLeader
+                } else {
+                    Error::NoLeader
+                })
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(Error::internal(e))

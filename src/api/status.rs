@@ -16,7 +16,7 @@ pub fn to_status(e: Error) -> Status {
         | Error::InvalidSortOption
         | Error::RequestTooLarge => Code::InvalidArgument,
         Error::Compacted | Error::FutureRev => Code::OutOfRange,
-        Error::NoSpace => Code::ResourceExhausted,
+        Error::NoSpace | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
         Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
         Error::NotLeader | Error::BadLeaderTransferee => Code::FailedPrecondition,
         Error::NoLeader | Error::LeaderChanged | Error::Stopped | Error::Timeout => {
@@ -42,15 +42,27 @@ mod tests {
     #[test]
     fn codes_and_messages_are_etcds() {
         let s = to_status(Error::EmptyKey);
-        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "etcdserver: key is not provided")
+        );
         let s = to_status(Error::Compacted);
         assert_eq!(
             (s.code(), s.message()),
-            (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted"
+            )
         );
         let s = to_status(Error::LeaseNotFound);
-        assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "etcdserver: requested lease not found")
+        );
         let s = to_status(Error::NoLeader);
-        assert_eq!((s.code(), s.message()), (Code::Unavailable, "etcdserver: no leader"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unavailable, "etcdserver: no leader")
+        );
     }
 }

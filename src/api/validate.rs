@@ -11,8 +11,7 @@ use std::collections::HashSet;
 
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
-    request_op::Request as Op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    request_op::Request as Op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 
 pub fn check_range(r: &RangeRequest) -> Result<(), Error> {
@@ -92,9 +91,15 @@ impl Interval {
         if d.range_end.is_empty() {
             let mut end = d.key.clone();
             end.push(0);
-            Interval { start: d.key.clone(), end }
+            Interval {
+                start: d.key.clone(),
+                end,
+            }
         } else {
-            Interval { start: d.key.clone(), end: d.range_end.clone() }
+            Interval {
+                start: d.key.clone(),
+                end: d.range_end.clone(),
+            }
         }
     }
 
@@ -118,7 +123,9 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval
 
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     for r in reqs {
-        let Some(Op::RequestTxn(t)) = &r.request else { continue };
+        let Some(Op::RequestTxn(t)) = &r.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -137,7 +144,9 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval
         dels.extend(dels_else);
     }
     for r in reqs {
-        let Some(Op::RequestPut(p)) = &r.request else { continue };
+        let Some(Op::RequestPut(p)) = &r.request else {
+            continue;
+        };
         if puts.contains(&p.key) || deleted(&dels, &p.key) {
             return Err(Error::DuplicateKey);
         }
@@ -152,7 +161,10 @@ mod tests {
 
     fn put(k: &str) -> RequestOp {
         RequestOp {
-            request: Some(Op::RequestPut(PutRequest { key: k.into(), ..Default::default() })),
+            request: Some(Op::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
         }
     }
     fn del(k: &str, end: &str) -> RequestOp {
@@ -166,18 +178,35 @@ mod tests {
     }
     fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
         RequestOp {
-            request: Some(Op::RequestTxn(TxnRequest { compare: vec![], success, failure })),
+            request: Some(Op::RequestTxn(TxnRequest {
+                compare: vec![],
+                success,
+                failure,
+            })),
         }
     }
     fn check(success: Vec<RequestOp>) -> Result<(), Error> {
-        check_txn(&TxnRequest { compare: vec![], success, failure: vec![] }, 128)
+        check_txn(
+            &TxnRequest {
+                compare: vec![],
+                success,
+                failure: vec![],
+            },
+            128,
+        )
     }
 
     #[test]
     fn duplicate_puts_and_put_delete_overlaps_are_rejected() {
         assert_eq!(check(vec![put("a"), put("a")]), Err(Error::DuplicateKey));
-        assert_eq!(check(vec![put("b"), del("a", "c")]), Err(Error::DuplicateKey));
-        assert_eq!(check(vec![put("a"), del("a", "")]), Err(Error::DuplicateKey));
+        assert_eq!(
+            check(vec![put("b"), del("a", "c")]),
+            Err(Error::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![put("a"), del("a", "")]),
+            Err(Error::DuplicateKey)
+        );
         assert_eq!(check(vec![put("c"), del("a", "c")]), Ok(()));
         assert_eq!(check(vec![put("a"), put("b")]), Ok(()));
         // Deleting twice is fine.
@@ -187,16 +216,28 @@ mod tests {
     #[test]
     fn nested_branches_exclude_each_other() {
         assert_eq!(check(vec![txn(vec![put("a")], vec![put("a")])]), Ok(()));
-        assert_eq!(check(vec![put("a"), txn(vec![put("a")], vec![])]), Err(Error::DuplicateKey));
-        assert_eq!(check(vec![del("a", "b"), txn(vec![], vec![put("a")])]), Err(Error::DuplicateKey));
-        assert_eq!(check(vec![txn(vec![del("a", "")], vec![]), put("a")]), Err(Error::DuplicateKey));
+        assert_eq!(
+            check(vec![put("a"), txn(vec![put("a")], vec![])]),
+            Err(Error::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![del("a", "b"), txn(vec![], vec![put("a")])]),
+            Err(Error::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![txn(vec![del("a", "")], vec![]), put("a")]),
+            Err(Error::DuplicateKey)
+        );
     }
 
     #[test]
     fn op_budget_and_empty_ops() {
         let many: Vec<RequestOp> = (0..129).map(|i| put(&format!("k{i}"))).collect();
         assert_eq!(check(many), Err(Error::TooManyOps));
-        assert_eq!(check(vec![RequestOp { request: None }]), Err(Error::KeyNotFound));
+        assert_eq!(
+            check(vec![RequestOp { request: None }]),
+            Err(Error::KeyNotFound)
+        );
         assert_eq!(check(vec![put("")]), Err(Error::EmptyKey));
         let ok: Vec<RequestOp> = (0..128).map(|i| put(&format!("k{i}"))).collect();
         assert_eq!(check(ok), Ok(()));
@@ -204,9 +245,19 @@ mod tests {
 
     #[test]
     fn put_flags() {
-        let p = PutRequest { key: "k".into(), value: "v".into(), ignore_value: true, ..Default::default() };
+        let p = PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            ignore_value: true,
+            ..Default::default()
+        };
         assert_eq!(check_put(&p), Err(Error::ValueProvided));
-        let p = PutRequest { key: "k".into(), lease: 5, ignore_lease: true, ..Default::default() };
+        let p = PutRequest {
+            key: "k".into(),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        };
         assert_eq!(check_put(&p), Err(Error::LeaseProvided));
     }
 }

@@ -75,7 +75,10 @@ impl StateMachine {
                 }
                 Some("snap") => {
                     let meta = read_meta(&mut std::fs::File::open(&path)?)?;
-                    if best.as_ref().is_none_or(|(b, _)| b.last_log_id < meta.last_log_id) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(b, _)| b.last_log_id < meta.last_log_id)
+                    {
                         best = Some((meta, path));
                     }
                 }
@@ -87,7 +90,11 @@ impl StateMachine {
 
     /// Applies one request. A rejection every member computes alike becomes
     /// the response; a storage failure stops the member.
-    fn apply_request(a: &mut Applier<'_>, log_id: LogId, req: &Request) -> Result<Response, StorageError> {
+    fn apply_request(
+        a: &mut Applier<'_>,
+        log_id: LogId,
+        req: &Request,
+    ) -> Result<Response, StorageError> {
         let r = match req {
             Request::Put(r) => a.put(r).map(Response::Put),
             Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
@@ -99,7 +106,9 @@ impl StateMachine {
             Err(mvcc::ApplyError::Compacted) => Ok(Response::Rejected(ApplyError::Compacted)),
             Err(mvcc::ApplyError::FutureRev) => Ok(Response::Rejected(ApplyError::FutureRev)),
             Err(mvcc::ApplyError::KeyNotFound) => Ok(Response::Rejected(ApplyError::KeyNotFound)),
-            Err(mvcc::ApplyError::LeaseNotFound) => Ok(Response::Rejected(ApplyError::LeaseNotFound)),
+            Err(mvcc::ApplyError::LeaseNotFound) => {
+                Ok(Response::Rejected(ApplyError::LeaseNotFound))
+            }
             Err(mvcc::ApplyError::Storage(e)) => Err(StorageIOError::apply(log_id, &e).into()),
         }
     }
@@ -177,17 +186,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         remove_older_snapshots(&self.snap_dir, &path);
         *self.current.lock().unwrap() = Some((self.meta.clone(), path.clone()));
         tracing::info!(snapshot = %self.meta, "built snapshot");
-        let file = tokio::fs::File::open(&path).await.map_err(snapshot_io_err)?;
-        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(file) })
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(snapshot_io_err)?;
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(file),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
@@ -214,7 +226,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         a.set_applied_meta(meta);
         // An I/O failure here stops this member (openraft treats a storage
         // error as fatal) rather than letting it diverge from the others.
-        a.commit().map_err(|e| StorageIOError::write_state_machine(&e))?;
+        a.commit()
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(out)
     }
 
@@ -266,7 +279,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             file.seek(SeekFrom::Start(0))?;
             let mut r = std::io::BufReader::new(&mut file);
             let _sender_meta = read_meta(&mut r)?;
-            store.install_snapshot(&mut r).map_err(std::io::Error::other)?;
+            store
+                .install_snapshot(&mut r)
+                .map_err(std::io::Error::other)?;
             drop(r);
             let path = dir.join(format!("{}.snap", meta_c.snapshot_id));
             std::fs::rename(dir.join("receiving.tmp"), &path)?;
@@ -282,10 +297,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let mut a = self.store.begin_apply();
         a.set_applied_meta(
-            bincode::serialize(&self.applied).map_err(|e| StorageIOError::write_state_machine(&e))?,
+            bincode::serialize(&self.applied)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?,
         );
-        a.commit().map_err(|e| StorageIOError::write_state_machine(&e))?;
-        self.store.flush().map_err(|e| StorageIOError::write_state_machine(&e))?;
+        a.commit()
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        self.store
+            .flush()
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         remove_older_snapshots(&self.snap_dir, &path);
         *self.current.lock().unwrap() = Some((meta.clone(), path));
         tracing::info!(snapshot = %meta, "installed snapshot");
@@ -297,8 +316,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         match current {
             None => Ok(None),
             Some((meta, path)) => {
-                let file = tokio::fs::File::open(&path).await.map_err(snapshot_io_err)?;
-                Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(snapshot_io_err)?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(file),
+                }))
             }
         }
     }
