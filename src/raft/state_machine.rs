@@ -90,6 +90,7 @@ impl StateMachine {
 
     /// Applies one request. A rejection every member computes alike becomes
     /// the response; a storage failure stops the member.
+    #[allow(clippy::result_large_err)] // openraft's StorageError, returned as is
     fn apply_request(
         a: &mut Applier<'_>,
         log_id: LogId,
@@ -182,7 +183,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await
         .map_err(snapshot_io_err)?
-        .map_err(|e| snapshot_io_err(e))?;
+        .map_err(snapshot_io_err)?;
         remove_older_snapshots(&self.snap_dir, &path);
         *self.current.lock().unwrap() = Some((self.meta.clone(), path.clone()));
         tracing::info!(snapshot = %self.meta, "built snapshot");
@@ -290,7 +291,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(snapshot_io_err)?
-        .map_err(|e| snapshot_io_err(e))?;
+        .map_err(snapshot_io_err)?;
         self.applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
