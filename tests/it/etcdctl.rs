@@ -1,7 +1,7 @@
 //! The `etcdctl` 3.5 binary against our server: its output is what operators
 //! and scripts parse, so the shapes and values must match etcd's.
 
-use crate::support::{base64_decode, ok_stdout, stdout, Json, TestServer};
+use crate::support::{b64, json, json_keys, ok_stdout, stdout, TestServer};
 
 #[tokio::test]
 async fn put_get_del() {
@@ -80,46 +80,50 @@ async fn get_json_has_header_and_base64_kvs() {
     let srv = TestServer::start().await;
     ok_stdout(&srv.etcdctl(&["put", "foo", "bar"]));
     ok_stdout(&srv.etcdctl(&["put", "foo", "baz"]));
-    let put = Json::parse(&ok_stdout(&srv.etcdctl(&["put", "k2", "v", "-w", "json"])));
-    let h = put.get("header");
+    let put = json(&ok_stdout(&srv.etcdctl(&["put", "k2", "v", "-w", "json"])));
+    let h = &put["header"];
     assert_eq!(
-        h.keys(),
+        json_keys(h),
         ["cluster_id", "member_id", "revision", "raft_term"]
     );
-    assert_ne!(h.get("cluster_id").u64(), 0);
-    assert_ne!(h.get("member_id").u64(), 0);
-    assert_eq!(h.get("revision").i64(), 4);
-    assert_eq!(put.keys(), ["header"], "no prev_kv field when not asked");
-
-    let j = Json::parse(&ok_stdout(&srv.etcdctl(&["get", "foo", "-w", "json"])));
-    assert_eq!(j.keys(), ["header", "kvs", "count"]);
-    assert_eq!(j.get("header").get("revision").i64(), 4);
+    assert_ne!(h["cluster_id"].as_u64().unwrap(), 0);
+    assert_ne!(h["member_id"].as_u64().unwrap(), 0);
+    assert_eq!(h["revision"].as_i64().unwrap(), 4);
     assert_eq!(
-        j.get("header").get("member_id").u64(),
-        h.get("member_id").u64()
+        json_keys(&put),
+        ["header"],
+        "no prev_kv field when not asked"
     );
-    assert_eq!(j.get("count").i64(), 1);
-    let kv = j.get("kvs").idx(0);
+
+    let j = json(&ok_stdout(&srv.etcdctl(&["get", "foo", "-w", "json"])));
+    assert_eq!(json_keys(&j), ["header", "kvs", "count"]);
+    assert_eq!(j["header"]["revision"].as_i64().unwrap(), 4);
+    assert_eq!(
+        j["header"]["member_id"].as_u64().unwrap(),
+        h["member_id"].as_u64().unwrap()
+    );
+    assert_eq!(j["count"].as_i64().unwrap(), 1);
+    let kv = &j["kvs"][0];
     // Zero fields (lease) are omitted; key and value are base64.
     assert_eq!(
-        kv.keys(),
+        json_keys(kv),
         ["key", "create_revision", "mod_revision", "version", "value"]
     );
-    assert_eq!(kv.get("key").str(), "Zm9v");
-    assert_eq!(base64_decode(kv.get("value").str()), b"baz");
+    assert_eq!(kv["key"].as_str().unwrap(), "Zm9v");
+    assert_eq!(b64(&kv["value"]), b"baz");
     assert_eq!(
         (
-            kv.get("create_revision").i64(),
-            kv.get("mod_revision").i64(),
-            kv.get("version").i64()
+            kv["create_revision"].as_i64().unwrap(),
+            kv["mod_revision"].as_i64().unwrap(),
+            kv["version"].as_i64().unwrap()
         ),
         (2, 3, 2)
     );
     // A miss: no kvs, no count (omitted when zero), more absent.
-    let j = Json::parse(&ok_stdout(&srv.etcdctl(&["get", "nope", "-w", "json"])));
-    assert_eq!(j.keys(), ["header"]);
+    let j = json(&ok_stdout(&srv.etcdctl(&["get", "nope", "-w", "json"])));
+    assert_eq!(json_keys(&j), ["header"]);
     // --limit sets more.
-    let j = Json::parse(&ok_stdout(&srv.etcdctl(&[
+    let j = json(&ok_stdout(&srv.etcdctl(&[
         "get",
         "",
         "--prefix",
@@ -127,10 +131,10 @@ async fn get_json_has_header_and_base64_kvs() {
         "-w",
         "json",
     ])));
-    assert_eq!(j.keys(), ["header", "kvs", "more", "count"]);
-    assert_eq!(j.get("more"), &Json::Bool(true));
-    assert_eq!(j.get("count").i64(), 2);
-    assert_eq!(base64_decode(j.get("kvs").idx(0).get("key").str()), b"foo");
+    assert_eq!(json_keys(&j), ["header", "kvs", "more", "count"]);
+    assert_eq!(j["more"], true);
+    assert_eq!(j["count"].as_i64().unwrap(), 2);
+    assert_eq!(b64(&j["kvs"][0]["key"]), b"foo");
 }
 
 #[tokio::test]
@@ -192,15 +196,15 @@ async fn txn_interactive_via_stdin() {
     assert_eq!(ok_stdout(&srv.etcdctl(&["get", "b"])), "");
     // JSON: succeeded is omitted when false; one shared revision.
     let input = "create(\"nokey\") > \"0\"\n\nput y 1\n\nput y 2\nput z 3\n\n";
-    let j = Json::parse(&ok_stdout(
+    let j = json(&ok_stdout(
         &srv.etcdctl_stdin(&["txn", "-w", "json"], input),
     ));
-    assert_eq!(j.keys(), ["header", "responses"]);
-    assert_eq!(j.get("header").get("revision").i64(), 6);
-    let rs = j.get("responses").arr();
+    assert_eq!(json_keys(&j), ["header", "responses"]);
+    assert_eq!(j["header"]["revision"].as_i64().unwrap(), 6);
+    let rs = j["responses"].as_array().unwrap();
     assert_eq!(rs.len(), 2);
-    let put = rs[1].get("Response").get("response_put");
-    assert_eq!(put.get("header").get("revision").i64(), 6);
+    let put = &rs[1]["Response"]["response_put"];
+    assert_eq!(put["header"]["revision"].as_i64().unwrap(), 6);
     // Interactive mode prints prompts on stdout before the result.
     let input = "value(\"y\") = \"2\"\n\nput w 1\n\n\n";
     assert_eq!(
@@ -237,24 +241,24 @@ async fn endpoint_status_and_health() {
     assert!(fields[8].parse::<u64>().unwrap() >= 1);
     assert_eq!(fields[9], "");
 
-    let j = Json::parse(&ok_stdout(
+    let j = json(&ok_stdout(
         &srv.etcdctl(&["endpoint", "status", "-w", "json"]),
     ));
-    let e = j.idx(0);
-    assert_eq!(e.get("Endpoint").str(), host);
-    let st = e.get("Status");
-    assert!(st.get("version").str().starts_with("3.5."));
-    let member = st.get("header").get("member_id").u64();
+    let e = &j[0];
+    assert_eq!(e["Endpoint"].as_str().unwrap(), host);
+    let st = &e["Status"];
+    assert!(st["version"].as_str().unwrap().starts_with("3.5."));
+    let member = st["header"]["member_id"].as_u64().unwrap();
     assert_eq!(
         format!("{member:x}"),
         fields[1],
         "table id is member_id in hex"
     );
-    assert_eq!(st.get("leader").u64(), member);
-    assert_eq!(st.get("header").get("revision").i64(), 2);
-    assert!(st.get("dbSize").i64() > 0);
-    assert!(st.get("raftIndex").u64() >= 1);
-    assert!(st.get("raftAppliedIndex").u64() >= 1);
+    assert_eq!(st["leader"].as_u64().unwrap(), member);
+    assert_eq!(st["header"]["revision"].as_i64().unwrap(), 2);
+    assert!(st["dbSize"].as_i64().unwrap() > 0);
+    assert!(st["raftIndex"].as_u64().unwrap() >= 1);
+    assert!(st["raftAppliedIndex"].as_u64().unwrap() >= 1);
 
     let out = ok_stdout(&srv.etcdctl(&["endpoint", "health"]));
     let prefix = format!("{host} is healthy: successfully committed proposal: took = ");

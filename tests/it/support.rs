@@ -480,225 +480,33 @@ pub async fn current_rev(c: &mut Client) -> i64 {
 }
 
 // ---------------------------------------------------------------- JSON, base64
-// Minimal, enough for etcdctl's `-w json` (the crate has no JSON dependency
-// and tests may not add one). Numbers are kept as their literal text because
-// etcd prints uint64 ids that do not fit in i64/f64.
+// etcdctl's `-w json` output is read with serde_json (feature
+// `preserve_order`, so member order is kept and tests can assert it, as Go's
+// encoding/json writes struct fields in declaration order). Numbers keep full
+// u64 range, which etcd's cluster/member ids need. Bytes fields are standard
+// padded base64, as Go's encoding/json writes []byte.
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(String),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// Parses etcdctl's JSON output; panics with the text if it is not JSON.
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
 }
 
-impl Json {
-    pub fn parse(s: &str) -> Json {
-        let b = s.trim().as_bytes();
-        let mut i = 0;
-        let v = parse_value(b, &mut i);
-        skip_ws(b, &mut i);
-        assert_eq!(i, b.len(), "trailing data in JSON: {s}");
-        v
-    }
-
-    /// Object member; panics with the object if absent.
-    pub fn get(&self, k: &str) -> &Json {
-        self.opt(k)
-            .unwrap_or_else(|| panic!("no field {k:?} in {self:?}"))
-    }
-
-    pub fn opt(&self, k: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(m) => m.iter().find(|(n, _)| n == k).map(|(_, v)| v),
-            _ => panic!("not an object: {self:?}"),
-        }
-    }
-
-    pub fn idx(&self, i: usize) -> &Json {
-        match self {
-            Json::Arr(a) => &a[i],
-            _ => panic!("not an array: {self:?}"),
-        }
-    }
-
-    pub fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            _ => panic!("not an array: {self:?}"),
-        }
-    }
-
-    pub fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            _ => panic!("not a string: {self:?}"),
-        }
-    }
-
-    pub fn i64(&self) -> i64 {
-        match self {
-            Json::Num(n) => n.parse().unwrap_or_else(|_| panic!("not an i64: {n}")),
-            _ => panic!("not a number: {self:?}"),
-        }
-    }
-
-    pub fn u64(&self) -> u64 {
-        match self {
-            Json::Num(n) => n.parse().unwrap_or_else(|_| panic!("not a u64: {n}")),
-            _ => panic!("not a number: {self:?}"),
-        }
-    }
-
-    pub fn keys(&self) -> Vec<&str> {
-        match self {
-            Json::Obj(m) => m.iter().map(|(k, _)| k.as_str()).collect(),
-            _ => panic!("not an object: {self:?}"),
-        }
-    }
+/// An object's member names, in the order they were written.
+pub fn json_keys(v: &serde_json::Value) -> Vec<&str> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
 }
 
-fn skip_ws(b: &[u8], i: &mut usize) {
-    while *i < b.len() && (b[*i] as char).is_ascii_whitespace() {
-        *i += 1;
-    }
-}
-
-fn parse_value(b: &[u8], i: &mut usize) -> Json {
-    skip_ws(b, i);
-    assert!(*i < b.len(), "unexpected end of JSON");
-    match b[*i] {
-        b'{' => {
-            *i += 1;
-            let mut m = Vec::new();
-            skip_ws(b, i);
-            if b[*i] == b'}' {
-                *i += 1;
-                return Json::Obj(m);
-            }
-            loop {
-                skip_ws(b, i);
-                let k = match parse_value(b, i) {
-                    Json::Str(s) => s,
-                    v => panic!("object key not a string: {v:?}"),
-                };
-                skip_ws(b, i);
-                assert_eq!(b[*i], b':', "expected ':'");
-                *i += 1;
-                let v = parse_value(b, i);
-                m.push((k, v));
-                skip_ws(b, i);
-                match b[*i] {
-                    b',' => *i += 1,
-                    b'}' => {
-                        *i += 1;
-                        return Json::Obj(m);
-                    }
-                    c => panic!("expected ',' or '}}', got {:?}", c as char),
-                }
-            }
-        }
-        b'[' => {
-            *i += 1;
-            let mut a = Vec::new();
-            skip_ws(b, i);
-            if b[*i] == b']' {
-                *i += 1;
-                return Json::Arr(a);
-            }
-            loop {
-                a.push(parse_value(b, i));
-                skip_ws(b, i);
-                match b[*i] {
-                    b',' => *i += 1,
-                    b']' => {
-                        *i += 1;
-                        return Json::Arr(a);
-                    }
-                    c => panic!("expected ',' or ']', got {:?}", c as char),
-                }
-            }
-        }
-        b'"' => {
-            *i += 1;
-            let mut s = Vec::new();
-            loop {
-                let c = b[*i];
-                *i += 1;
-                match c {
-                    b'"' => return Json::Str(String::from_utf8(s).expect("utf8")),
-                    b'\\' => {
-                        let e = b[*i];
-                        *i += 1;
-                        match e {
-                            b'n' => s.push(b'\n'),
-                            b't' => s.push(b'\t'),
-                            b'r' => s.push(b'\r'),
-                            b'b' => s.push(8),
-                            b'f' => s.push(12),
-                            b'u' => {
-                                let h = std::str::from_utf8(&b[*i..*i + 4]).unwrap();
-                                *i += 4;
-                                let cp = u32::from_str_radix(h, 16).unwrap();
-                                let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
-                                let mut buf = [0; 4];
-                                s.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                            }
-                            other => s.push(other),
-                        }
-                    }
-                    c => s.push(c),
-                }
-            }
-        }
-        b't' if b[*i..].starts_with(b"true") => {
-            *i += 4;
-            Json::Bool(true)
-        }
-        b'f' if b[*i..].starts_with(b"false") => {
-            *i += 5;
-            Json::Bool(false)
-        }
-        b'n' if b[*i..].starts_with(b"null") => {
-            *i += 4;
-            Json::Null
-        }
-        _ => {
-            let start = *i;
-            while *i < b.len() && matches!(b[*i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
-                *i += 1;
-            }
-            assert!(*i > start, "bad JSON at byte {start}");
-            Json::Num(String::from_utf8(b[start..*i].to_vec()).unwrap())
-        }
-    }
-}
-
-/// Standard base64 (with padding), as Go's encoding/json writes []byte.
-pub fn base64_decode(s: &str) -> Vec<u8> {
-    fn val(c: u8) -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("bad base64 char {:?}", c as char),
-        }
-    }
-    let b: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in b.chunks(4) {
-        let mut n = 0u32;
-        for (j, &c) in chunk.iter().enumerate() {
-            n |= val(c) << (18 - 6 * j);
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
-    }
-    out
+/// Decodes a JSON string holding standard, padded base64.
+pub fn b64(v: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("bad base64 {s:?}: {e}"))
 }
 
 pub fn path_exists(p: &Path) -> bool {
