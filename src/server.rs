@@ -21,9 +21,11 @@ use tonic::transport::Server;
 use crate::api::{self, Context, GRPC_OVERHEAD_BYTES};
 use crate::cluster::Bootstrap;
 use crate::config::{split_urls, Config};
+use crate::lease::{Lessor, LessorConfig};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
 };
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
@@ -106,7 +108,13 @@ pub async fn serve(
     let log_store = LogStore::<TypeConfig>::open(&config.wal_dir())
         .with_context(|| format!("open WAL in {}", config.wal_dir().display()))?;
     let store = Store::open(&data_dir.join("db")).context("open the MVCC store")?;
-    let sm = StateMachine::open(store.clone(), &data_dir.join("snap")).context("open snapshots")?;
+    let lessor = Lessor::new(
+        LessorConfig::new(config.heartbeat(), config.election()),
+        store.lease_records(),
+    );
+    let sm = StateMachine::open(store.clone(), &data_dir.join("snap"))
+        .context("open snapshots")?
+        .with_lessor(lessor.clone());
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -141,6 +149,7 @@ pub async fn serve(
     let ctx = Context {
         raft: raft.clone(),
         store: store.clone(),
+        lessor: lessor.clone(),
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,
@@ -174,6 +183,10 @@ pub async fn serve(
                     .max_decoding_message_size(max_msg),
             )
             .add_service(
+                LeaseServer::new(api::lease::LeaseService::new(ctx.clone()))
+                    .max_decoding_message_size(max_msg),
+            )
+            .add_service(
                 MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
                     .max_decoding_message_size(max_msg),
             )
@@ -190,6 +203,9 @@ pub async fn serve(
                 .await
         });
     }
+    // The lessor follows leadership on every member; only the leader's
+    // expires leases (through Raft).
+    let lessor_task = tokio::spawn(crate::lease::run(ctx.clone(), lessor, stop_rx.clone()));
     // The peer listeners are held so the ports stay ours; the peer transport
     // arrives with the many-member issue.
     let _peer = listeners.peer;
@@ -207,6 +223,7 @@ pub async fn serve(
             tracing::warn!(error = %e, "client listener failed while stopping");
         }
     }
+    let _ = lessor_task.await;
     raft.shutdown().await.ok();
     store.flush().context("flush the store")?;
     tracing::info!("stopped");

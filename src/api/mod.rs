@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
@@ -18,6 +19,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 
 use crate::error::Error;
+use crate::lease::Lessor;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::types::{MemberId, Raft, Request, Response};
@@ -30,6 +32,8 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub struct Context {
     pub raft: Raft,
     pub store: Store,
+    /// Lease deadlines and keepalives (see `crate::lease`).
+    pub lessor: Lessor,
     pub cluster_id: u64,
     pub member_id: MemberId,
     pub max_txn_ops: usize,
@@ -81,6 +85,9 @@ impl Context {
             Request::DeleteRange(r) => r.encoded_len(),
             Request::Txn(r) => r.encoded_len(),
             Request::Compaction(r) => r.encoded_len(),
+            Request::LeaseGrant(r) => r.encoded_len(),
+            Request::LeaseRevoke(r) => r.encoded_len(),
+            Request::LeaseCheckpoint(r) => r.encoded_len(),
         };
         if size > self.max_request_bytes {
             return Err(Error::RequestTooLarge);

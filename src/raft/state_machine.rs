@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::types::{
     ApplyError, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::lease::Lessor;
 use crate::mvcc::{self, Applier, Store};
 
 /// What the state machine persists beside the data, in the same batch.
@@ -42,6 +43,40 @@ pub struct StateMachine {
     applied: AppliedState,
     /// Path and meta of the newest complete snapshot file.
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+    /// Told about applied lease entries and blank entries (see `lease`).
+    lessor: Option<Lessor>,
+}
+
+/// What the lessor hears from one applied entry, once its batch committed.
+enum LeaseEvent {
+    Granted(i64, i64),
+    Revoked(i64),
+    Checkpointed(Vec<crate::proto::etcdserverpb::LeaseCheckpoint>),
+    Blank(u64),
+}
+
+impl LeaseEvent {
+    fn of(req: &Request, resp: &Response) -> Option<LeaseEvent> {
+        match (req, resp) {
+            (Request::LeaseGrant(_), Response::LeaseGrant(r)) => {
+                Some(LeaseEvent::Granted(r.id, r.ttl))
+            }
+            (Request::LeaseRevoke(r), Response::LeaseRevoke(_)) => Some(LeaseEvent::Revoked(r.id)),
+            (Request::LeaseCheckpoint(r), Response::LeaseCheckpoint(_)) => {
+                Some(LeaseEvent::Checkpointed(r.checkpoints.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn deliver(self, lessor: &Lessor) {
+        match self {
+            LeaseEvent::Granted(id, ttl) => lessor.granted(id, ttl),
+            LeaseEvent::Revoked(id) => lessor.revoked(id),
+            LeaseEvent::Checkpointed(cps) => lessor.checkpointed(&cps),
+            LeaseEvent::Blank(term) => lessor.blank_applied(term),
+        }
+    }
 }
 
 impl StateMachine {
@@ -57,7 +92,14 @@ impl StateMachine {
             snap_dir: snap_dir.to_path_buf(),
             applied,
             current: Arc::new(Mutex::new(current)),
+            lessor: None,
         })
+    }
+
+    /// Reports applied lease entries to `lessor`.
+    pub fn with_lessor(mut self, lessor: Lessor) -> StateMachine {
+        self.lessor = Some(lessor);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -101,6 +143,9 @@ impl StateMachine {
             Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
             Request::Txn(r) => a.txn(r).map(Response::Txn),
             Request::Compaction(r) => a.compact(r).map(Response::Compaction),
+            Request::LeaseGrant(r) => a.lease_grant(r).map(Response::LeaseGrant),
+            Request::LeaseRevoke(r) => a.lease_revoke(r).map(Response::LeaseRevoke),
+            Request::LeaseCheckpoint(r) => a.lease_checkpoint(r).map(Response::LeaseCheckpoint),
         };
         match r {
             Ok(resp) => Ok(resp),
@@ -109,6 +154,10 @@ impl StateMachine {
             Err(mvcc::ApplyError::KeyNotFound) => Ok(Response::Rejected(ApplyError::KeyNotFound)),
             Err(mvcc::ApplyError::LeaseNotFound) => {
                 Ok(Response::Rejected(ApplyError::LeaseNotFound))
+            }
+            Err(mvcc::ApplyError::LeaseExists) => Ok(Response::Rejected(ApplyError::LeaseExists)),
+            Err(mvcc::ApplyError::LeaseTtlTooLarge) => {
+                Ok(Response::Rejected(ApplyError::LeaseTtlTooLarge))
             }
             Err(mvcc::ApplyError::Storage(e)) => Err(StorageIOError::apply(log_id, &e).into()),
         }
@@ -211,11 +260,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut a = self.store.begin_apply();
         let mut out = Vec::new();
+        let mut events = Vec::new();
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
             out.push(match &entry.payload {
-                EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(req) => Self::apply_request(&mut a, entry.log_id, req)?,
+                EntryPayload::Blank => {
+                    events.push(LeaseEvent::Blank(entry.log_id.leader_id.term));
+                    Response::None
+                }
+                EntryPayload::Normal(req) => {
+                    let resp = Self::apply_request(&mut a, entry.log_id, req)?;
+                    events.extend(LeaseEvent::of(req, &resp));
+                    resp
+                }
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Response::None
@@ -229,6 +286,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // error as fatal) rather than letting it diverge from the others.
         a.commit()
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        if let Some(lessor) = &self.lessor {
+            for ev in events {
+                ev.deliver(lessor);
+            }
+        }
         Ok(out)
     }
 
@@ -308,6 +370,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         remove_older_snapshots(&self.snap_dir, &path);
         *self.current.lock().unwrap() = Some((meta.clone(), path));
+        if let Some(lessor) = &self.lessor {
+            lessor.recover(self.store.lease_records());
+        }
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())
     }

@@ -11,8 +11,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 openraft::declare_raft_types!(
@@ -58,6 +59,13 @@ pub enum Request {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compaction(CompactionRequest),
+    /// A grant whose id and TTL the proposer fixed (never 0, raised to the
+    /// minimum TTL), so applying it needs no clock and no randomness.
+    LeaseGrant(LeaseGrantRequest),
+    /// A client's revoke, or the leader's on expiry.
+    LeaseRevoke(LeaseRevokeRequest),
+    /// The leader's record of remaining TTLs (see `crate::lease`).
+    LeaseCheckpoint(LeaseCheckpointRequest),
 }
 
 /// The outcome of applying one [`Request`].
@@ -67,6 +75,9 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
     /// A request the state machine rejected; it changed nothing.
     Rejected(ApplyError),
     /// A blank or membership entry: no client waits for it.
@@ -80,6 +91,8 @@ pub enum ApplyError {
     FutureRev,
     KeyNotFound,
     LeaseNotFound,
+    LeaseExists,
+    LeaseTtlTooLarge,
 }
 
 impl From<ApplyError> for crate::error::Error {
@@ -90,6 +103,8 @@ impl From<ApplyError> for crate::error::Error {
             ApplyError::FutureRev => Error::FutureRev,
             ApplyError::KeyNotFound => Error::KeyNotFound,
             ApplyError::LeaseNotFound => Error::LeaseNotFound,
+            ApplyError::LeaseExists => Error::LeaseExist,
+            ApplyError::LeaseTtlTooLarge => Error::LeaseTtlTooLarge,
         }
     }
 }
