@@ -221,7 +221,11 @@ impl Lease for LeaseService {
             },
             Some((left, granted)) => {
                 let keys = if r.keys {
-                    self.ctx.store.lease(r.id).map(|l| l.keys).unwrap_or_default()
+                    self.ctx
+                        .store
+                        .lease(r.id)
+                        .map(|l| l.keys)
+                        .unwrap_or_default()
                 } else {
                     Vec::new()
                 };

@@ -64,10 +64,7 @@ mod tests {
         let s = to_status(Error::LeaseExist);
         assert_eq!(
             (s.code(), s.message()),
-            (
-                Code::FailedPrecondition,
-                "etcdserver: lease already exists"
-            )
+            (Code::FailedPrecondition, "etcdserver: lease already exists")
         );
         let s = to_status(Error::LeaseTtlTooLarge);
         assert_eq!(

@@ -7,8 +7,9 @@
 //!
 //! - A follower holds every lease with no deadline ("forever"). It never
 //!   expires anything; keepalives are the leader's to answer.
-//! - Once the leader has applied the first (blank) entry of its own term,
-//!   it is promoted: every lease's deadline becomes
+//! - Once the leader has applied an entry of its own term (the blank entry
+//!   it appends when elected, or — a one-member cluster restarting in the
+//!   same term — whatever it applied last), it is promoted: every lease's deadline becomes
 //!   `now + election timeout + (checkpointed remaining TTL, else TTL)`
 //!   (etcd's `Promote(extend)`), so no lease expires sooner than it would
 //!   have under the old leader, and none outlives its TTL + one election
@@ -148,9 +149,8 @@ struct State {
     expiries: BTreeSet<(Instant, i64)>,
     /// Checkpoints due, by time.
     checkpoints: BTreeSet<(Instant, i64)>,
-    /// Term of the newest blank entry applied: a leader of that term has
-    /// applied everything of earlier terms and may be promoted.
-    blank_term: u64,
+    /// Term of the newest applied entry (see [`Lessor::applied_term`]).
+    applied_term: u64,
 }
 
 fn secs(n: i64) -> Duration {
@@ -381,10 +381,16 @@ impl Lessor {
         }
     }
 
-    /// A blank entry of `term` was applied: its leader may be promoted.
-    pub fn blank_applied(&self, term: u64) {
-        self.lock().blank_term = term;
-        self.bump();
+    /// The newest applied entry is of `term`. A leader of that term has
+    /// then applied everything of earlier terms (its own first entry is the
+    /// blank one it appends when elected) and may be promoted.
+    pub fn applied_term(&self, term: u64) {
+        let mut s = self.lock();
+        if s.applied_term != term {
+            s.applied_term = term;
+            drop(s);
+            self.bump();
+        }
     }
 
     // -------------------------------------------------------- leadership
@@ -393,12 +399,12 @@ impl Lessor {
         self.lock().primary
     }
 
-    /// Follows Raft: promote a leader of `term` once its blank entry is
-    /// applied; demote on losing leadership. Returns true on a change.
+    /// Follows Raft: promote a leader of `term` once an entry of its term
+    /// is applied; demote on losing leadership. Returns true on a change.
     pub fn sync_leadership(&self, leader: bool, term: u64) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
-        let changed = if leader && !s.primary && s.blank_term == term {
+        let changed = if leader && !s.primary && s.applied_term == term {
             s.promote(&self.cfg, now);
             tracing::info!(term, leases = s.leases.len(), "lessor promoted");
             true
@@ -506,7 +512,11 @@ impl Lessor {
             if t > now {
                 break;
             }
-            let expired = s.leases.get(&id).and_then(|c| c.expiry).is_some_and(|e| e <= now);
+            let expired = s
+                .leases
+                .get(&id)
+                .and_then(|c| c.expiry)
+                .is_some_and(|e| e <= now);
             s.set_due(id, Some(after(now, self.cfg.retry_interval)));
             if expired {
                 out.push(id);

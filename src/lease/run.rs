@@ -84,10 +84,14 @@ pub async fn run(ctx: Context, lessor: Lessor, mut stop: watch::Receiver<bool>) 
                     .propose(Request::LeaseRevoke(LeaseRevokeRequest { id }))
                     .await
                 {
-                    Ok(_) => tracing::info!(lease = %format!("{id:016x}"), "lease expired; revoked"),
+                    Ok(_) => {
+                        tracing::info!(lease = %format!("{id:016x}"), "lease expired; revoked")
+                    }
                     // Revoked meanwhile by a client: nothing to do.
                     Err(crate::error::Error::LeaseNotFound) => {}
-                    Err(e) => tracing::warn!(lease = %format!("{id:016x}"), error = %e, "failed to revoke an expired lease; will retry"),
+                    Err(e) => {
+                        tracing::warn!(lease = %format!("{id:016x}"), error = %e, "failed to revoke an expired lease; will retry")
+                    }
                 }
             });
         }

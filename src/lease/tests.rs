@@ -16,7 +16,7 @@ fn rec(id: i64, ttl: i64, remaining_ttl: i64) -> LeaseRecord {
 
 fn primary(records: Vec<LeaseRecord>) -> Lessor {
     let l = Lessor::new(cfg(), records);
-    l.blank_applied(3);
+    l.applied_term(3);
     assert!(l.sync_leadership(true, 3));
     l
 }
@@ -34,7 +34,10 @@ fn min_ttl_is_etcds() {
     let c = LessorConfig::new(Duration::from_millis(500), Duration::from_millis(5000));
     assert_eq!(c.min_ttl, 8); // 15 * 0.5 s = 7.5 s → 8
     let l = Lessor::new(cfg(), vec![]);
-    assert_eq!((l.granted_ttl(-5), l.granted_ttl(1), l.granted_ttl(60)), (2, 2, 60));
+    assert_eq!(
+        (l.granted_ttl(-5), l.granted_ttl(1), l.granted_ttl(60)),
+        (2, 2, 60)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -49,12 +52,12 @@ async fn follower_never_expires_and_cannot_renew() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn promotion_waits_for_the_blank_entry_of_the_term() {
+async fn promotion_waits_for_an_applied_entry_of_the_term() {
     let l = Lessor::new(cfg(), vec![rec(1, 10, 0)]);
-    l.blank_applied(2);
+    l.applied_term(2);
     assert!(!l.sync_leadership(true, 3));
     assert!(!l.is_primary());
-    l.blank_applied(3);
+    l.applied_term(3);
     assert!(l.sync_leadership(true, 3));
     // Deadline: now + election timeout + TTL.
     let (left, ttl) = l.time_to_live(1).unwrap();

@@ -300,7 +300,10 @@ mod tests {
             Err(ApplyError::LeaseTtlTooLarge)
         ));
         let r = grant(&s, 1, MAX_LEASE_TTL).unwrap();
-        assert_eq!((r.id, r.ttl, r.header.unwrap().revision), (1, MAX_LEASE_TTL, 1));
+        assert_eq!(
+            (r.id, r.ttl, r.header.unwrap().revision),
+            (1, MAX_LEASE_TTL, 1)
+        );
         assert!(matches!(grant(&s, 1, 5), Err(ApplyError::LeaseExists)));
         // A grant is not a revision.
         assert_eq!(s.current_revision(), 1);
@@ -310,7 +313,8 @@ mod tests {
     fn grant_then_put_in_one_applier() {
         let (_d, s) = open();
         let mut a = s.begin_apply();
-        a.lease_grant(&LeaseGrantRequest { ttl: 10, id: 7 }).unwrap();
+        a.lease_grant(&LeaseGrantRequest { ttl: 10, id: 7 })
+            .unwrap();
         a.put(&PutRequest {
             key: b"k".to_vec(),
             lease: 7,
@@ -343,7 +347,13 @@ mod tests {
         let changes = s.changes(10, 10, 0).unwrap();
         let got: Vec<_> = changes
             .iter()
-            .map(|c| (String::from_utf8(c.kv.key.clone()).unwrap(), c.revision.sub, c.is_delete))
+            .map(|c| {
+                (
+                    String::from_utf8(c.kv.key.clone()).unwrap(),
+                    c.revision.sub,
+                    c.is_delete,
+                )
+            })
             .collect();
         assert_eq!(got, [("a".into(), 0, true), ("c".into(), 1, true)]);
         assert!(matches!(revoke(&s, 7), Err(ApplyError::LeaseNotFound)));

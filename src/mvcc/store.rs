@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::backend::{
-    encode_i64, rev_key, Backend, WriteBatch, LEASE_PREFIX, META_APPLIED,
-    META_CURRENT_REV, META_FINISHED_COMPACT, META_INSTALLING, META_SCHEDULED_COMPACT,
+    encode_i64, rev_key, Backend, WriteBatch, LEASE_PREFIX, META_APPLIED, META_CURRENT_REV,
+    META_FINISHED_COMPACT, META_INSTALLING, META_SCHEDULED_COMPACT,
 };
 use super::key_index::{KeyRev, RangeEnd, TreeIndex};
 use super::lease::{LeaseInfo, LeaseRecord, LeaseTable};

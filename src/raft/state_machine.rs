@@ -43,7 +43,7 @@ pub struct StateMachine {
     applied: AppliedState,
     /// Path and meta of the newest complete snapshot file.
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
-    /// Told about applied lease entries and blank entries (see `lease`).
+    /// Told about applied lease entries and applied terms (see `lease`).
     lessor: Option<Lessor>,
 }
 
@@ -52,7 +52,6 @@ enum LeaseEvent {
     Granted(i64, i64),
     Revoked(i64),
     Checkpointed(Vec<crate::proto::etcdserverpb::LeaseCheckpoint>),
-    Blank(u64),
 }
 
 impl LeaseEvent {
@@ -74,7 +73,6 @@ impl LeaseEvent {
             LeaseEvent::Granted(id, ttl) => lessor.granted(id, ttl),
             LeaseEvent::Revoked(id) => lessor.revoked(id),
             LeaseEvent::Checkpointed(cps) => lessor.checkpointed(&cps),
-            LeaseEvent::Blank(term) => lessor.blank_applied(term),
         }
     }
 }
@@ -96,8 +94,12 @@ impl StateMachine {
         })
     }
 
-    /// Reports applied lease entries to `lessor`.
+    /// Reports applied lease entries (and the term of the newest applied
+    /// entry, which decides the lessor's promotion) to `lessor`.
     pub fn with_lessor(mut self, lessor: Lessor) -> StateMachine {
+        if let Some(last) = self.applied.last_applied {
+            lessor.applied_term(last.leader_id.term);
+        }
         self.lessor = Some(lessor);
         self
     }
@@ -264,10 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
             out.push(match &entry.payload {
-                EntryPayload::Blank => {
-                    events.push(LeaseEvent::Blank(entry.log_id.leader_id.term));
-                    Response::None
-                }
+                EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(req) => {
                     let resp = Self::apply_request(&mut a, entry.log_id, req)?;
                     events.extend(LeaseEvent::of(req, &resp));
@@ -289,6 +288,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(lessor) = &self.lessor {
             for ev in events {
                 ev.deliver(lessor);
+            }
+            if let Some(last) = self.applied.last_applied {
+                lessor.applied_term(last.leader_id.term);
             }
         }
         Ok(out)
@@ -372,6 +374,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *self.current.lock().unwrap() = Some((meta.clone(), path));
         if let Some(lessor) = &self.lessor {
             lessor.recover(self.store.lease_records());
+            if let Some(last) = meta.last_log_id {
+                lessor.applied_term(last.leader_id.term);
+            }
         }
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())

@@ -8,5 +8,6 @@ mod durability;
 mod errors;
 mod etcdctl;
 mod kv;
+mod lease;
 mod support;
 mod tls;
