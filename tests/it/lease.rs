@@ -480,3 +480,49 @@ async fn leases_survive_a_restart() {
     assert_eq!(count(&mut c, "keep/").await, 0);
     assert_eq!(current_rev(&mut c).await, before + 1);
 }
+
+/// Keepalive throughput: 8 streams, each pipelining 5000 keepalives of its
+/// own lease. Prints keepalives per second; run it against both targets to
+/// compare (`--ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn keepalive_throughput() {
+    use oxcd::proto::etcdserverpb::{lease_client::LeaseClient, LeaseKeepAliveRequest};
+    const STREAMS: usize = 8;
+    const PER_STREAM: usize = 5000;
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..STREAMS {
+        ids.push(c.lease_grant(60, None).await.unwrap().id());
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for id in ids {
+        let mut raw = LeaseClient::connect(srv.endpoint()).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let reqs = std::iter::repeat_n(LeaseKeepAliveRequest { id }, PER_STREAM);
+            let mut stream = raw
+                .lease_keep_alive(tokio_stream::iter(reqs))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut n = 0;
+            while let Some(r) = stream.message().await.unwrap() {
+                assert_eq!(r.ttl, 60);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(total, STREAMS * PER_STREAM);
+    eprintln!(
+        "keepalive throughput: {total} in {secs:.2} s = {:.0}/s",
+        total as f64 / secs
+    );
+}
