@@ -116,7 +116,11 @@ impl Context {
                 Ok(Err(ForwardError::Stopped)) => return Err(Error::LeaderChanged),
                 Err(e) => {
                     tracing::debug!(error = %e, "forwarding a write to the leader failed");
-                    return Err(if Instant::now() >= deadline { Error::Timeout } else { Error::LeaderChanged });
+                    return Err(if Instant::now() >= deadline {
+                        Error::Timeout
+                    } else {
+                        Error::LeaderChanged
+                    });
                 }
             }
         }

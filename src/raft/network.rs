@@ -104,7 +104,11 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .connect_lazy();
-        self.inner.channels.write().unwrap().insert(id, channel.clone());
+        self.inner
+            .channels
+            .write()
+            .unwrap()
+            .insert(id, channel.clone());
         Ok(channel)
     }
 
@@ -157,7 +161,8 @@ impl Peers {
         node: &Member,
         timeout: Duration,
     ) -> Result<ReadIndexResult, PeerError> {
-        self.call(leader, node, Method::ReadIndex, &(), timeout).await
+        self.call(leader, node, Method::ReadIndex, &(), timeout)
+            .await
     }
 }
 
@@ -174,7 +179,11 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: MemberId, node: &Member) -> PeerConnection {
-        PeerConnection { peers: self.clone(), target, node: node.clone() }
+        PeerConnection {
+            peers: self.clone(),
+            target,
+            node: node.clone(),
+        }
     }
 }
 
@@ -203,7 +212,10 @@ impl PeerConnection {
             .await
             .map_err(|e| match &e {
                 PeerError::Rpc(_, s)
-                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) =>
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) =>
                 {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
@@ -218,7 +230,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>> {
+    ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
+    {
         self.raft_call(Method::AppendEntries, &rpc, &option).await
     }
 

@@ -20,7 +20,11 @@ pub struct PeerService {
 
 impl PeerService {
     pub fn new(raft: Raft, cluster_id: u64, member_id: u64) -> Self {
-        PeerService { raft, cluster_id, member_id }
+        PeerService {
+            raft,
+            cluster_id,
+            member_id,
+        }
     }
 
     /// Checks the sender belongs to this cluster and decodes its payload.
@@ -43,13 +47,20 @@ impl PeerService {
 
     fn reply<T: Serialize>(&self, value: &T) -> Result<Response<PeerMessage>, Status> {
         let data = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(PeerMessage { cluster_id: self.cluster_id, from: self.member_id, data }))
+        Ok(Response::new(PeerMessage {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            data,
+        }))
     }
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn append_entries(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
         let rpc = self.open(req)?;
         self.reply(&self.raft.append_entries(rpc).await)
     }
@@ -59,7 +70,10 @@ impl Peer for PeerService {
         self.reply(&self.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
         let rpc = self.open(req)?;
         self.reply(&self.raft.install_snapshot(rpc).await)
     }
@@ -68,7 +82,9 @@ impl Peer for PeerService {
         let write: Write = self.open(req)?;
         let is_leader = self.raft.metrics().borrow().current_leader == Some(self.member_id);
         let result: ProposeResult = if !is_leader {
-            Err(ForwardError::NotLeader(self.raft.metrics().borrow().current_leader))
+            Err(ForwardError::NotLeader(
+                self.raft.metrics().borrow().current_leader,
+            ))
         } else {
             match self.raft.client_write(write).await {
                 Ok(resp) => Ok((resp.data, resp.log_id)),
