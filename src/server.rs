@@ -122,9 +122,15 @@ pub async fn serve(
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
     let peers = Peers::new(boot.cluster_id, boot.member_id, config.election());
-    let raft = Raft::new(boot.member_id, raft_config, peers.clone(), log_store, sm)
-        .await
-        .context("start raft")?;
+    let raft = Raft::new(
+        boot.member_id,
+        raft_config,
+        peers.clone(),
+        log_store.clone(),
+        sm,
+    )
+    .await
+    .context("start raft")?;
 
     // Peers must reach us before the first election, so the peer service
     // starts before anything waits for a leader.
@@ -170,6 +176,7 @@ pub async fn serve(
         raft: raft.clone(),
         peers,
         store: store.clone(),
+        log: log_store,
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,

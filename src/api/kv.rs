@@ -90,13 +90,21 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let r = req.into_inner();
+        self.ctx.check_received(&r)?;
         let (revision, physical) = (r.revision, r.physical);
         match self.ctx.propose(Write::Compaction(r)).await? {
             Applied::Compaction(mut resp) => {
                 if physical {
+                    // etcd answers a physical compaction once it is done and
+                    // committed to the backend.
                     self.ctx.store.wait_compacted(revision).await;
+                    self.ctx
+                        .store
+                        .flush()
+                        .map_err(crate::error::Error::internal)?;
                 }
-                self.ctx.fill(&mut resp.header);
+                // etcd's header carries the revision at reply time.
+                resp.header = Some(self.ctx.header(self.ctx.store.current_revision()));
                 Ok(Response::new(resp))
             }
             _ => Err(mismatch()),
