@@ -116,8 +116,7 @@ pub async fn serve(
         election_timeout_min: config.election_timeout,
         election_timeout_max: config.election_timeout * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        // etcd keeps this many entries behind a snapshot for slow followers.
-        max_in_snapshot_log_to_keep: 5000,
+        max_in_snapshot_log_to_keep: config.experimental_snapshot_catchup_entries,
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
