@@ -66,3 +66,16 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::mvcc::ApplyError> for Error {
+    fn from(e: crate::mvcc::ApplyError) -> Self {
+        use crate::mvcc::ApplyError as A;
+        match e {
+            A::Compacted => Error::Compacted,
+            A::FutureRev => Error::FutureRev,
+            A::KeyNotFound => Error::KeyNotFound,
+            A::LeaseNotFound => Error::LeaseNotFound,
+            A::Storage(e) => Error::internal(e),
+        }
+    }
+}

@@ -33,7 +33,7 @@ impl Kv for KvService {
         if !r.serializable {
             self.ctx.read_barrier().await?;
         }
-        let mut resp = self.ctx.store.range(&r).map(Ok).unwrap_or_else(|e| Err(crate::error::Error::from(e)))?;
+        let mut resp = self.ctx.store.range(&r).map_err(crate::error::Error::from)?;
         self.ctx.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

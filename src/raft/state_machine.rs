@@ -25,9 +25,9 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    ApplyError, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::mvcc::Store;
+use crate::mvcc::{self, Applier, Store};
 
 /// What the state machine persists beside the data, in the same batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -85,14 +85,23 @@ impl StateMachine {
         Ok(best)
     }
 
-    fn apply_request(a: &mut crate::mvcc::Applier<'_>, req: &Request) -> Response {
+    /// Applies one request. A rejection every member computes alike becomes
+    /// the response; a storage failure stops the member.
+    fn apply_request(a: &mut Applier<'_>, log_id: LogId, req: &Request) -> Result<Response, StorageError> {
         let r = match req {
             Request::Put(r) => a.put(r).map(Response::Put),
             Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
             Request::Txn(r) => a.txn(r).map(Response::Txn),
             Request::Compaction(r) => a.compact(r).map(Response::Compaction),
         };
-        r.unwrap_or_else(|e| Response::Rejected(e.into()))
+        match r {
+            Ok(resp) => Ok(resp),
+            Err(mvcc::ApplyError::Compacted) => Ok(Response::Rejected(ApplyError::Compacted)),
+            Err(mvcc::ApplyError::FutureRev) => Ok(Response::Rejected(ApplyError::FutureRev)),
+            Err(mvcc::ApplyError::KeyNotFound) => Ok(Response::Rejected(ApplyError::KeyNotFound)),
+            Err(mvcc::ApplyError::LeaseNotFound) => Ok(Response::Rejected(ApplyError::LeaseNotFound)),
+            Err(mvcc::ApplyError::Storage(e)) => Err(StorageIOError::apply(log_id, &e).into()),
+        }
     }
 }
 
@@ -125,7 +134,8 @@ fn remove_older_snapshots(dir: &Path, keep: &Path) {
 }
 
 pub struct SnapshotBuilder {
-    snapshot: crate::mvcc::Snapshot,
+    /// Captured between two applies; taken by `build_snapshot`.
+    snapshot: Option<Result<mvcc::Snapshot, mvcc::StorageError>>,
     meta: SnapshotMeta,
     store: Store,
     snap_dir: PathBuf,
@@ -135,7 +145,12 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let meta = self.meta.clone();
-        let snapshot = std::mem::replace(&mut self.snapshot, self.store.snapshot());
+        let snapshot = self
+            .snapshot
+            .take()
+            .ok_or_else(|| std::io::Error::other("snapshot builder used twice"))
+            .map_err(snapshot_io_err)?
+            .map_err(snapshot_io_err)?;
         let store = self.store.clone();
         let dir = self.snap_dir.clone();
         let path = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
@@ -187,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.applied.last_applied = Some(entry.log_id);
             out.push(match &entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(req) => Self::apply_request(&mut a, req),
+                EntryPayload::Normal(req) => Self::apply_request(&mut a, entry.log_id, req)?,
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Response::None
@@ -206,12 +221,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         let last = self.applied.last_applied;
         let snapshot = self.store.snapshot();
+        let revision = snapshot.as_ref().map_or(0, |s| s.revision());
         let snapshot_id = match last {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, snapshot.revision()),
-            None => format!("0-0-{}", snapshot.revision()),
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, revision),
+            None => format!("0-0-{revision}"),
         };
         SnapshotBuilder {
-            snapshot,
+            snapshot: Some(snapshot),
             meta: SnapshotMeta {
                 last_log_id: last,
                 last_membership: self.applied.membership.clone(),
