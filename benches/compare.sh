@@ -240,10 +240,18 @@ for rep in $(seq "$REPS"); do
 done
 
 # ---- report ----------------------------------------------------------------
+describe() { # binary -> one line naming it
+  local v; v=$("$1" --version 2>/dev/null | sed -n 1p) || v=""
+  if [ "$1" = "$TARGET/release/oxcd" ]; then
+    v="oxcd $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo +dirty)"
+  fi
+  echo "\`$1\` (${v:-unknown version})"
+}
+DESC="etcd = $(describe "$ETCD_BIN"); oxcd = $(describe "$OXCD_BIN"); load = \`$LOAD_BIN\`"
 TITLES=$(for w in "${WL[@]}"; do printf '%s\t%s\n' "$w" "$(workload_title "$w")"; done)
-python3 - "$RAW" "$REPS" "$TITLES" "$USE_PERF" <<'EOF'
+python3 - "$RAW" "$REPS" "$TITLES" "$USE_PERF" "$DESC" <<'EOF'
 import json, statistics, sys
-raw, reps, titles, use_perf = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+raw, reps, titles, use_perf, desc = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5]
 order = [l.split("\t") for l in titles.splitlines() if l]
 runs = [json.loads(l) for l in open(raw) if l.strip()]
 
@@ -294,6 +302,7 @@ print()
 print(f"Medians of {reps} interleaved runs (etcd, oxcd, etcd, oxcd, ...). CPU is the server's "
       "utime+stime over the run divided by successful requests; RSS is VmRSS after the run"
       + ("; syncs are fsync+fdatasync calls (perf) per request." if use_perf else "."))
+print(desc + ".")
 for n in notes:
     print(f"- {n}")
 EOF
