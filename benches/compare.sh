@@ -212,12 +212,20 @@ run_one() { # server workload rep
   # the load generator runs (perf stat -p PID -- COMMAND).
   local wrap=()
   [ "$USE_PERF" = 1 ] && wrap=(perf stat -x, -e syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync -p "$pid" -o "$perf_out" --)
+  # The other server is idle during this run, but shares the two cores:
+  # record its CPU too, so a busy idle loop cannot hide.
+  local other=etcd; [ "$s" = etcd ] && other=oxcd
+  local o0 o1 t0 t1
+  o0=$(cpu_ticks "${PID[$other]}")
+  t0=$(date +%s%N)
   c0=$(cpu_ticks "$pid")
   # shellcheck disable=SC2046
   line=$(timeout $((MAX_SECONDS + 30)) "${wrap[@]}" "$LOAD_BIN" $(workload_args "$w") \
            --endpoints "http://127.0.0.1:${PORT[$s]}" --max-seconds "$MAX_SECONDS" \
            --json --label "$s") || rc=$?
   c1=$(cpu_ticks "$pid")
+  t1=$(date +%s%N)
+  o1=$(cpu_ticks "${PID[$other]}")
   if [ "$USE_PERF" = 1 ]; then
     syncs=$(awk -F, '$3 ~ /sys_enter_f(data)?sync/ && $1 ~ /^[0-9]+$/ {n += $1; seen = 1} END {print seen ? n : "null"}' "$perf_out" 2>/dev/null || echo null)
   fi
@@ -227,7 +235,7 @@ run_one() { # server workload rep
     echo "{\"server\":\"$s\",\"workload\":\"$w\",\"rep\":$rep,\"failed\":\"load exit $rc\"}" >>"$RAW"
     return
   fi
-  echo "{\"server\":\"$s\",\"workload\":\"$w\",\"rep\":$rep,\"cpu_us\":$(( (c1 - c0) * 1000000 / HZ )),\"rss_kb\":${rss:-0},\"syncs\":$syncs,\"load\":$line}" >>"$RAW"
+  echo "{\"server\":\"$s\",\"workload\":\"$w\",\"rep\":$rep,\"cpu_us\":$(( (c1 - c0) * 1000000 / HZ )),\"rss_kb\":${rss:-0},\"syncs\":$syncs,\"wall_us\":$(( (t1 - t0) / 1000 )),\"idle_other\":\"$other\",\"idle_other_cpu_us\":$(( (o1 - o0) * 1000000 / HZ )),\"load\":$line}" >>"$RAW"
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); l=r["load"]; print("[compare] %-4s %-8s rep %s: %9.1f ops/s  p99 %7.2f ms  errors %d  cpu %.0f us/op  syncs %s  rss %d MiB" % (r["server"], r["workload"], r["rep"], l["ops_per_s"], l["p99_ms"], l["errors"], r["cpu_us"]/max(l["ok"],1), r["syncs"], r["rss_kb"]//1024))' "$(tail -1 "$RAW")" >&2
 }
 
@@ -302,6 +310,11 @@ print()
 print(f"Medians of {reps} interleaved runs (etcd, oxcd, etcd, oxcd, ...). CPU is the server's "
       "utime+stime over the run divided by successful requests; RSS is VmRSS after the run"
       + ("; syncs are fsync+fdatasync calls (perf) per request." if use_perf else "."))
+for s in ("etcd", "oxcd"):
+    idle = [r for r in runs if r.get("idle_other") == s]
+    wall = sum(r["wall_us"] for r in idle)
+    if wall:
+        print(f"{s} idle (while the other server ran): {100 * sum(r['idle_other_cpu_us'] for r in idle) / wall:.1f}% of a core.")
 print(desc + ".")
 for n in notes:
     print(f"- {n}")
