@@ -33,7 +33,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
 
 #[derive(Parser, Debug)]
-#[command(name = "load", about = "etcd v3 load generator (etcd tools/benchmark shaped)")]
+#[command(
+    name = "load",
+    about = "etcd v3 load generator (etcd tools/benchmark shaped)"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -44,7 +47,12 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Comma-separated client URLs; connections are spread over them round-robin.
-    #[arg(long, global = true, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     endpoints: Vec<String>,
     /// Number of gRPC connections (HTTP/2 channels).
     #[arg(long, global = true, default_value_t = 1)]
@@ -140,9 +148,22 @@ struct RangeArgs {
 
 /// What each request does, shared read-only by every client task.
 enum Workload {
-    Put { key_size: usize, value: Vec<u8>, seq: bool, space: u64 },
-    Range { key: Vec<u8>, opts: GetOptions },
-    TxnPut { key_size: usize, value: Vec<u8>, ops: u64, space: u64 },
+    Put {
+        key_size: usize,
+        value: Vec<u8>,
+        seq: bool,
+        space: u64,
+    },
+    Range {
+        key: Vec<u8>,
+        opts: GetOptions,
+    },
+    TxnPut {
+        key_size: usize,
+        value: Vec<u8>,
+        ops: u64,
+        space: u64,
+    },
 }
 
 /// splitmix64: enough randomness for key choice without a dependency.
@@ -172,14 +193,28 @@ fn make_key(size: usize, n: u64) -> Vec<u8> {
 impl Workload {
     async fn issue(&self, kv: &mut KvClient, i: u64, seed: u64) -> Result<(), etcd_client::Error> {
         match self {
-            Workload::Put { key_size, value, seq, space } => {
-                let n = if *seq { i % space } else { mix(seed ^ i) % space };
+            Workload::Put {
+                key_size,
+                value,
+                seq,
+                space,
+            } => {
+                let n = if *seq {
+                    i % space
+                } else {
+                    mix(seed ^ i) % space
+                };
                 kv.put(make_key(*key_size, n), value.clone(), None).await?;
             }
             Workload::Range { key, opts } => {
                 kv.get(key.clone(), Some(opts.clone())).await?;
             }
-            Workload::TxnPut { key_size, value, ops, space } => {
+            Workload::TxnPut {
+                key_size,
+                value,
+                ops,
+                space,
+            } => {
                 let puts: Vec<TxnOp> = (0..*ops)
                     .map(|j| {
                         let n = (i * ops + j) % space;
@@ -240,7 +275,10 @@ async fn connect(endpoint: &str, c: &Common) -> anyhow::Result<KvClient> {
     // One serializable read per connection so that dialing (and a server
     // still starting up) is not counted in the measurement.
     loop {
-        match kv.get("\0load-warmup", Some(GetOptions::new().with_serializable())).await {
+        match kv
+            .get("\0load-warmup", Some(GetOptions::new().with_serializable()))
+            .await
+        {
             Ok(_) => return Ok(kv),
             Err(e) if Instant::now() >= deadline => {
                 anyhow::bail!("{endpoint}: no answer within {}s: {e}", c.dial_timeout)
@@ -251,7 +289,10 @@ async fn connect(endpoint: &str, c: &Common) -> anyhow::Result<KvClient> {
 }
 
 async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(c.conns >= 1 && c.clients >= 1, "--conns and --clients must be >= 1");
+    anyhow::ensure!(
+        c.conns >= 1 && c.clients >= 1,
+        "--conns and --clients must be >= 1"
+    );
     anyhow::ensure!(!c.endpoints.is_empty(), "--endpoints is empty");
     let workload = match &cmd {
         Cmd::Put(a) => {
@@ -275,7 +316,10 @@ async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
             if a.limit > 0 {
                 opts = opts.with_limit(a.limit);
             }
-            Workload::Range { key: a.key.as_bytes().to_vec(), opts }
+            Workload::Range {
+                key: a.key.as_bytes().to_vec(),
+                opts,
+            }
         }
         Cmd::TxnPut(a) => {
             anyhow::ensure!(a.txn_ops >= 1, "--txn-ops must be >= 1");
@@ -297,12 +341,10 @@ async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
 
     let workload = Arc::new(workload);
     let next = Arc::new(AtomicU64::new(0));
-    let seed = mix(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    );
+    let seed = mix(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(c.max_seconds);
     let timed_out = Arc::new(AtomicBool::new(false));
@@ -312,7 +354,11 @@ async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
         let (workload, next, total, timed_out) =
             (workload.clone(), next.clone(), c.total, timed_out.clone());
         tasks.push(tokio::spawn(async move {
-            let mut r = ClientResult { lat_us: Vec::new(), errors: 0, first_error: None };
+            let mut r = ClientResult {
+                lat_us: Vec::new(),
+                errors: 0,
+                first_error: None,
+            };
             loop {
                 if Instant::now() >= deadline {
                     timed_out.store(true, Ordering::Relaxed);
@@ -324,7 +370,9 @@ async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 }
                 let t0 = Instant::now();
                 match workload.issue(&mut kv, i, seed).await {
-                    Ok(()) => r.lat_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Ok(()) => r
+                        .lat_us
+                        .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
                     Err(e) => {
                         r.errors += 1;
                         r.first_error.get_or_insert_with(|| e.to_string());
@@ -348,8 +396,17 @@ async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
     lat.sort_unstable();
     let ok = lat.len() as u64;
     let ops = ok as f64 / elapsed;
-    let mean = if ok > 0 { lat.iter().map(|&x| x as f64).sum::<f64>() / ok as f64 / 1000.0 } else { 0.0 };
-    let (p50, p90, p99, p999) = (pct(&lat, 50.0), pct(&lat, 90.0), pct(&lat, 99.0), pct(&lat, 99.9));
+    let mean = if ok > 0 {
+        lat.iter().map(|&x| x as f64).sum::<f64>() / ok as f64 / 1000.0
+    } else {
+        0.0
+    };
+    let (p50, p90, p99, p999) = (
+        pct(&lat, 50.0),
+        pct(&lat, 90.0),
+        pct(&lat, 99.0),
+        pct(&lat, 99.9),
+    );
     let max = lat.last().copied().unwrap_or(0) as f64 / 1000.0;
     let hit_limit = timed_out.load(Ordering::Relaxed);
 
@@ -378,20 +435,32 @@ async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
             first_error.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
         );
     } else {
-        println!("workload   {} ({} conns, {} clients)", workload.name(), c.conns, c.clients);
+        println!(
+            "workload   {} ({} conns, {} clients)",
+            workload.name(),
+            c.conns,
+            c.clients
+        );
         println!("requests   {ok} ok, {errors} errors in {elapsed:.3} s");
         println!("throughput {ops:.1} ops/s");
         println!(
             "latency ms mean {mean:.3}  p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max:.3}"
         );
         if hit_limit {
-            println!("stopped by --max-seconds {} before --total {}", c.max_seconds, c.total);
+            println!(
+                "stopped by --max-seconds {} before --total {}",
+                c.max_seconds, c.total
+            );
         }
         if let Some(e) = &first_error {
             println!("first error: {e}");
         }
     }
-    Ok(if errors > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if errors > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn main() -> ExitCode {
@@ -402,7 +471,10 @@ fn main() -> ExitCode {
         eprintln!("load: no workload given (put | range | txn-put); see --help");
         return ExitCode::SUCCESS;
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("load: runtime: {e}");
