@@ -149,7 +149,7 @@ pub async fn serve(
         servers.spawn(async move {
             Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -217,7 +217,7 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -252,4 +252,19 @@ fn is_sole_voter(raft: &Raft, me: u64) -> bool {
 async fn wait_for_leader(raft: &Raft, max: Duration) {
     let mut metrics = raft.metrics();
     let _ = tokio::time::timeout(max, metrics.wait_for(|m| m.current_leader.is_some())).await;
+}
+
+/// Accepted connections with Nagle's algorithm off, as Go's net package
+/// (and so etcd) sets them: small gRPC frames must not wait for the peer's
+/// delayed ACK (a 40 ms stall per request otherwise). tonic applies its own
+/// `tcp_nodelay` only to listeners it binds itself.
+fn accept_nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
