@@ -35,8 +35,16 @@ pub(crate) struct Inner {
     pub backend: Backend,
     index: RwLock<TreeIndex>,
     /// Published current revision: everything at or below it is in sled.
+    ///
+    /// Invariant with `compact_rev`: writers store `current_rev` before
+    /// `compact_rev`, readers load `compact_rev` before `current_rev`. A
+    /// compaction never exceeds the current revision of its own commit, so
+    /// a reader that sees a new compact revision also sees a current
+    /// revision at least as new, and a revision-0 read never lands below
+    /// the compact revision ("required revision has been compacted").
     pub current_rev: AtomicI64,
-    /// Published compact revision: reads below it fail.
+    /// Published compact revision: reads below it fail. See `current_rev`
+    /// for the publish/read order.
     pub compact_rev: AtomicI64,
     /// Revision whose physical compaction finished.
     pub finished_rev: AtomicI64,
@@ -220,10 +228,12 @@ impl Store {
     }
 
     fn view(&self) -> PublishedView<'_> {
+        // Compact before current: see `Inner::current_rev`.
+        let compact_rev = self.compact_revision();
         PublishedView {
             inner: &self.inner,
             rev: self.current_revision(),
-            compact_rev: self.compact_revision(),
+            compact_rev,
         }
     }
 
@@ -371,13 +381,14 @@ impl Store {
         let index = rebuild_index(backend)?;
         *self.inner.index_mut() = index;
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        // Current before compact: see `Inner::current_rev`.
+        self.inner.current_rev.store(revision, Ordering::SeqCst);
         self.inner
             .compact_rev
             .store(compact_revision, Ordering::SeqCst);
         self.inner
             .finished_rev
             .store(NO_COMPACTION, Ordering::SeqCst);
-        self.inner.current_rev.store(revision, Ordering::SeqCst);
         tracing::info!(revision, compact_revision, "mvcc snapshot installed");
         if compact_revision > NO_COMPACTION {
             self.inner.signal_compactor();
@@ -569,6 +580,48 @@ mod tests {
             .scan_revs(0, s.compact_revision() + 1)
             .count();
         assert!(below <= 1200, "{below}");
+    }
+
+    /// A revision-0 read racing a commit that compacts up to its own new
+    /// revision never sees the new compact revision with the old current
+    /// one (which would fail as "compacted").
+    #[test]
+    fn latest_read_never_fails_as_compacted() {
+        let (_d, s) = open();
+        put(&s, "a", "0");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let reader = sc.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let v = s.view();
+                    assert!(v.rev >= v.compact_rev, "{} < {}", v.rev, v.compact_rev);
+                    if n.is_multiple_of(64) {
+                        s.range(&all(0)).unwrap();
+                    }
+                    n += 1;
+                }
+                n
+            });
+            for i in 0..2000 {
+                let mut a = s.begin_apply();
+                a.put(&PutRequest {
+                    key: b"a".to_vec(),
+                    value: i.to_string().into(),
+                    ..Default::default()
+                })
+                .unwrap();
+                let rev = a.current_revision();
+                a.compact(&CompactionRequest {
+                    revision: rev,
+                    physical: false,
+                })
+                .unwrap();
+                a.commit().unwrap();
+            }
+            stop.store(true, Ordering::SeqCst);
+            assert!(reader.join().unwrap() > 0);
+        });
     }
 
     #[test]

@@ -615,10 +615,12 @@ impl<'a> Applier<'a> {
         }
         let batch = std::mem::take(&mut self.batch);
         self.inner.backend.apply(batch)?;
+        // Current before compact (see `Inner::current_rev`): a reader that
+        // sees the new compact revision then also sees the new current one.
+        self.inner.current_rev.store(self.rev, Ordering::SeqCst);
         self.inner
             .compact_rev
             .store(self.compact_rev, Ordering::SeqCst);
-        self.inner.current_rev.store(self.rev, Ordering::SeqCst);
         if self.compact_rev != self.start_compact_rev {
             self.inner.signal_compactor();
         }
