@@ -118,4 +118,8 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Not fatal to the store: a [`Snapshot::write_to`] raced with
+    /// [`Store::install_snapshot`]; that snapshot is void, build a new one.
+    #[error("snapshot superseded by a snapshot install")]
+    SnapshotSuperseded,
 }

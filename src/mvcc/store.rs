@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -30,6 +31,11 @@ const INITIAL_REVISION: i64 = 1;
 const NO_COMPACTION: i64 = -1;
 /// Bumped when the snapshot format changes.
 const SNAPSHOT_MAGIC: &str = "oxcd-mvcc-snapshot-v1";
+/// How long a snapshot install waits for live [`Snapshot`]s (being written
+/// by a snapshot builder on another task) to be dropped before it replaces
+/// the state anyway; their `write_to` then fails with
+/// [`StorageError::SnapshotSuperseded`] rather than mixing two states.
+const SNAPSHOT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) struct Inner {
     pub backend: Backend,
@@ -54,9 +60,13 @@ pub(crate) struct Inner {
     serial: Mutex<()>,
     /// Readers ↔ physical removal; see the module docs.
     pub gate: RwLock<()>,
-    /// Live snapshots; compaction pauses while non-zero.
+    /// Live snapshots; compaction pauses while non-zero, and a snapshot
+    /// install waits (up to [`SNAPSHOT_DRAIN_TIMEOUT`]) for it to reach 0.
     pub snapshot_pauses: AtomicUsize,
-    /// Bumped by snapshot install so a running compaction pass restarts.
+    /// Bumped by snapshot install, under `serial` and the gate, once before
+    /// it touches sled and once after it published the new state: a
+    /// running compaction pass restarts, and a [`Snapshot`] captured before
+    /// the install refuses to finish [`Snapshot::write_to`].
     pub epoch: AtomicU64,
     wake_compactor: Mutex<mpsc::Sender<()>>,
 }
@@ -311,6 +321,8 @@ impl Store {
             self.inner.snapshot_pauses.fetch_add(1, Ordering::SeqCst);
         }
         let guard = SnapshotPause(self.inner.clone());
+        // Stable: an install bumps it only while holding `serial`.
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let lease_end = [LEASE_PREFIX + 1];
         let leases = self
             .inner
@@ -322,14 +334,45 @@ impl Store {
             compact_revision: self.compact_revision(),
             applied_meta: self.inner.backend.get(META_APPLIED)?,
             leases,
+            epoch,
             pause: guard,
         })
     }
 
     /// Replace all state with a snapshot written by [`Snapshot::write_to`].
+    ///
+    /// openraft builds snapshots on another task, so a [`Snapshot`] may be
+    /// streaming from sled while this runs. Waits (with applies blocked) for
+    /// live snapshots to be dropped, up to `SNAPSHOT_DRAIN_TIMEOUT` (60 s), so a
+    /// builder is not failed needlessly; a `Snapshot` still alive after that
+    /// (or one that is never dropped: waiting forever would hang apply) is
+    /// voided, its `write_to` fails with
+    /// [`StorageError::SnapshotSuperseded`]. Either way no written snapshot
+    /// mixes the old and the new state.
     pub fn install_snapshot(&self, r: &mut impl Read) -> Result<(), StorageError> {
+        self.install_snapshot_within(r, SNAPSHOT_DRAIN_TIMEOUT)
+    }
+
+    fn install_snapshot_within(
+        &self,
+        r: &mut impl Read,
+        drain: Duration,
+    ) -> Result<(), StorageError> {
         let _serial = self.inner.serial.lock().unwrap_or_else(|e| e.into_inner());
+        // No new snapshot can be captured while we hold `serial`. Wait
+        // before taking the gate: a snapshot writer may need it for reading.
+        let deadline = Instant::now() + drain;
+        while self.inner.snapshot_pauses.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!("installing a snapshot while a snapshot is being written; that snapshot is void");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _gate = self.inner.gate.write().unwrap_or_else(|e| e.into_inner());
+        // Before sled changes: a `Snapshot::write_to` that read any of the
+        // changes below sees a new epoch at its final check.
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         let backend = &self.inner.backend;
         // Mark first, so a crash while replacing is seen at open as torn.
         let mut batch = WriteBatch::new();
@@ -380,7 +423,6 @@ impl Store {
 
         let index = rebuild_index(backend)?;
         *self.inner.index_mut() = index;
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         // Current before compact: see `Inner::current_rev`.
         self.inner.current_rev.store(revision, Ordering::SeqCst);
         self.inner
@@ -389,6 +431,10 @@ impl Store {
         self.inner
             .finished_rev
             .store(NO_COMPACTION, Ordering::SeqCst);
+        // After the new compact revision: the compactor loads the epoch
+        // before its target, so a target from before this install always
+        // comes with a stale epoch and its pass restarts.
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         tracing::info!(revision, compact_revision, "mvcc snapshot installed");
         if compact_revision > NO_COMPACTION {
             self.inner.signal_compactor();
@@ -444,6 +490,9 @@ pub struct Snapshot {
     compact_revision: i64,
     applied_meta: Option<Vec<u8>>,
     leases: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `Inner::epoch` at capture; a different one means an install replaced
+    /// the state this snapshot reads.
+    epoch: u64,
     pause: SnapshotPause,
 }
 
@@ -458,7 +507,12 @@ impl Snapshot {
     }
 
     /// Stream the snapshot; reads sled lazily, never holds a lock.
+    ///
+    /// Fails with [`StorageError::SnapshotSuperseded`] (before writing the
+    /// end record, so the stream is also unusable) if a snapshot install
+    /// started since the capture: what was read may mix both states.
     pub fn write_to(&self, w: &mut impl Write) -> Result<(), StorageError> {
+        self.check_epoch()?;
         let mut put =
             |rec: &SnapRecord| bincode::serialize_into(&mut *w, rec).map_err(|e| codec(*e));
         put(&SnapRecord::Header {
@@ -482,7 +536,17 @@ impl Snapshot {
                 value,
             })?;
         }
+        // After the last sled read: an install that changed anything we
+        // read had bumped the epoch before (see `install_snapshot_within`).
+        self.check_epoch()?;
         put(&SnapRecord::End)
+    }
+
+    fn check_epoch(&self) -> Result<(), StorageError> {
+        if self.pause.0.epoch.load(Ordering::SeqCst) != self.epoch {
+            return Err(StorageError::SnapshotSuperseded);
+        }
+        Ok(())
     }
 }
 
@@ -622,6 +686,124 @@ mod tests {
             stop.store(true, Ordering::SeqCst);
             assert!(reader.join().unwrap() > 0);
         });
+    }
+
+    fn snapshot_bytes(s: &Store) -> Vec<u8> {
+        let mut buf = vec![];
+        s.snapshot().unwrap().write_to(&mut buf).unwrap();
+        buf
+    }
+
+    /// A store at a state unlike `s`'s, as snapshot bytes.
+    fn other_state() -> Vec<u8> {
+        let (_d, o) = open();
+        for i in 0..50 {
+            put(&o, &format!("other{i}"), "o");
+        }
+        snapshot_bytes(&o)
+    }
+
+    /// An install waits for a snapshot being written on another thread; the
+    /// written snapshot is the state it was captured at.
+    #[test]
+    fn install_waits_for_live_snapshot() {
+        let (_d, s) = open();
+        for i in 0..20 {
+            put(&s, &format!("k{i}"), "v");
+        }
+        let want = s.range(&all(0)).unwrap();
+        let other = other_state();
+        let snap = s.snapshot().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let installer = sc.spawn(|| {
+                s.install_snapshot(&mut other.as_slice()).unwrap();
+                done.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!done.load(Ordering::SeqCst), "install did not wait");
+            let mut buf = vec![];
+            snap.write_to(&mut buf).unwrap();
+            drop(snap);
+            installer.join().unwrap();
+            let (_d2, fresh) = open();
+            fresh.install_snapshot(&mut buf.as_slice()).unwrap();
+            assert_eq!(fresh.range(&all(0)).unwrap(), want);
+        });
+        assert_eq!(s.current_revision(), 51);
+    }
+
+    /// A writer that installs `other` into `store` on its `at`-th write:
+    /// an install landing in the middle of `Snapshot::write_to`.
+    struct InstallMidway<'a> {
+        store: &'a Store,
+        other: &'a [u8],
+        writes: usize,
+        at: usize,
+        out: Vec<u8>,
+    }
+
+    impl Write for InstallMidway<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.writes += 1;
+            if self.writes == self.at {
+                self.store
+                    .install_snapshot_within(&mut &self.other[..], Duration::ZERO)
+                    .unwrap();
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A snapshot still alive when an install gives up waiting is void:
+    /// `write_to` fails instead of streaming a mix of both states, whether
+    /// the install came before or in the middle of the write.
+    #[test]
+    fn install_voids_live_snapshot() {
+        let (_d, s) = open();
+        for i in 0..200 {
+            put(&s, &format!("k{i:03}"), "v");
+        }
+        let other = other_state();
+        for at in [0, 1, 5, 40, 300] {
+            let before = snapshot_bytes(&s);
+            let snap = s.snapshot().unwrap();
+            if at == 0 {
+                s.install_snapshot_within(&mut other.as_slice(), Duration::ZERO)
+                    .unwrap();
+            }
+            let mut w = InstallMidway {
+                store: &s,
+                other: &other,
+                writes: 0,
+                at,
+                out: vec![],
+            };
+            let r = snap.write_to(&mut w);
+            assert!(
+                matches!(r, Err(StorageError::SnapshotSuperseded)),
+                "at {at}: {r:?}"
+            );
+            drop(snap);
+            assert_eq!(s.current_revision(), 51);
+            // Back to the original state for the next round.
+            s.install_snapshot(&mut before.as_slice()).unwrap();
+            assert_eq!(s.current_revision(), 201);
+        }
+        // Without an install the snapshot is fine.
+        let snap = s.snapshot().unwrap();
+        let mut w = InstallMidway {
+            store: &s,
+            other: &other,
+            writes: 0,
+            at: usize::MAX,
+            out: vec![],
+        };
+        snap.write_to(&mut w).unwrap();
     }
 
     #[test]
