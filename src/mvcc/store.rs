@@ -314,15 +314,28 @@ impl Store {
     /// A consistent logical snapshot at the current revision. Waits for a
     /// running applier to commit; does not block later ones. Compaction
     /// pauses until the snapshot is dropped.
+    ///
+    /// Called on the state-machine task between two applies, so it is kept
+    /// cheap: it does not wait for readers or a compaction chunk (no gate),
+    /// only records the revision, compact revision, applied meta and
+    /// leases under `serial`. [`Snapshot::write_to`] waits for a chunk that
+    /// was in flight here; that chunk compacts at or below the captured
+    /// compact revision (a higher one is published only by a later commit,
+    /// and a pass that loads it loads the pause count after it), so it
+    /// removes nothing a read at or above that revision needs.
     pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
         let _serial = self.inner.serial.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let _gate = self.inner.gate.write().unwrap_or_else(|e| e.into_inner());
-            self.inner.snapshot_pauses.fetch_add(1, Ordering::SeqCst);
-        }
+        self.inner.snapshot_pauses.fetch_add(1, Ordering::SeqCst);
         let guard = SnapshotPause(self.inner.clone());
         // Stable: an install bumps it only while holding `serial`.
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        // Leases are captured here, not streamed by `write_to`: lease records
+        // are not versioned (a grant or a keep-alive does not make a
+        // revision) and applies go on after this returns, so a later read of
+        // the `l` keyspace would see leases from after `revision`, and sled
+        // has no point-in-time read. Capturing them costs one scan of the
+        // live leases, which is small next to the revisions, which are
+        // immutable up to `revision` and do stream lazily.
         let lease_end = [LEASE_PREFIX + 1];
         let leases = self
             .inner
@@ -506,12 +519,16 @@ impl Snapshot {
         self.applied_meta.as_deref()
     }
 
-    /// Stream the snapshot; reads sled lazily, never holds a lock.
+    /// Stream the snapshot; reads sled lazily, holds no lock but the read
+    /// gate for a moment at the start.
     ///
     /// Fails with [`StorageError::SnapshotSuperseded`] (before writing the
     /// end record, so the stream is also unusable) if a snapshot install
     /// started since the capture: what was read may mix both states.
     pub fn write_to(&self, w: &mut impl Write) -> Result<(), StorageError> {
+        // Wait out a compaction chunk that was running at capture (see
+        // `Store::snapshot`); later chunks see the pause and wait.
+        drop(self.pause.0.gate.read().unwrap_or_else(|e| e.into_inner()));
         self.check_epoch()?;
         let mut put =
             |rec: &SnapRecord| bincode::serialize_into(&mut *w, rec).map_err(|e| codec(*e));
@@ -804,6 +821,61 @@ mod tests {
             out: vec![],
         };
         snap.write_to(&mut w).unwrap();
+    }
+
+    /// Capture does not wait for an in-flight read (which holds the gate)
+    /// and the snapshot stays exact at its revision while physical
+    /// compaction and further applies (a higher compaction too) go on.
+    #[test]
+    fn cheap_capture_is_consistent() {
+        let (_d, s) = open();
+        for i in 0..3000 {
+            let k = format!("key{:05}", i % 1300);
+            if i % 7 == 3 {
+                crate::mvcc::txn::tests::del(&s, &k, "");
+            } else {
+                put(&s, &k, &i.to_string());
+            }
+        }
+        let compact = |s: &Store, rev| {
+            let mut a = s.begin_apply();
+            a.compact(&CompactionRequest {
+                revision: rev,
+                physical: false,
+            })
+            .unwrap();
+            a.commit().unwrap();
+        };
+        let c = s.current_revision() - 500;
+        let want: Vec<_> = (c..=s.current_revision())
+            .map(|r| s.range(&all(r)).unwrap().kvs)
+            .collect();
+        compact(&s, c); // physical compaction starts in the background
+        let reader = s.gate();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| tx.send(s.snapshot().unwrap()).unwrap());
+            let snap = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("capture waited for a reader");
+            drop(reader);
+            assert_eq!(snap.revision(), c + 500);
+            for i in 0..300 {
+                put(&s, &format!("key{:05}", i), "later");
+            }
+            compact(&s, s.current_revision());
+            let mut buf = vec![];
+            snap.write_to(&mut buf).unwrap();
+            drop(snap);
+            let (_d2, fresh) = open();
+            fresh.install_snapshot(&mut buf.as_slice()).unwrap();
+            assert_eq!(fresh.compact_revision(), c);
+            futures::executor::block_on(fresh.wait_compacted(c));
+            for (i, kvs) in want.iter().enumerate() {
+                let r = c + i as i64;
+                assert_eq!(&fresh.range(&all(r)).unwrap().kvs, kvs, "at {r}");
+            }
+        });
     }
 
     #[test]
