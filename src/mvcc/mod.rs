@@ -80,7 +80,7 @@ mod txn;
 
 pub use revision::Revision;
 pub use store::{Change, Snapshot, Store};
-pub use txn::Applier;
+pub use txn::{is_txn_readonly, Applier};
 
 /// Deterministic outcomes of a request, computed alike by every member.
 #[derive(Debug, thiserror::Error)]

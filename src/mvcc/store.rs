@@ -22,7 +22,7 @@ use super::key_index::{KeyRev, RangeEnd, TreeIndex};
 use super::revision::Revision;
 use super::txn::{self, Applier, ReadView};
 use super::{compact, ApplyError, StorageError};
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::proto::mvccpb::KeyValue;
 
 /// etcd's revision of a new store; its first write is revision 2.
@@ -251,6 +251,24 @@ impl Store {
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
         let _gate = self.gate();
         txn::range(&self.view(), req)
+    }
+
+    /// A Txn whose branches hold only reads ([`txn::is_txn_readonly`]),
+    /// served from the published state without Raft, as etcd 3.5 does:
+    /// compares, range checks and the chosen branch's ranges all at one
+    /// published revision, with exactly the outcome and response of
+    /// [`Applier::txn`] on that state (the same code runs both). As with
+    /// [`Store::range`], linearizability is the caller's business.
+    ///
+    /// # Panics
+    /// If `!is_txn_readonly(t)`: route other txns through Raft.
+    pub fn txn_readonly(&self, t: &TxnRequest) -> Result<TxnResponse, ApplyError> {
+        assert!(
+            txn::is_txn_readonly(t),
+            "txn_readonly called with a txn that is not read-only"
+        );
+        let _gate = self.gate();
+        txn::txn_readonly(&self.view(), t)
     }
 
     /// Changes with `from <= main revision <= to` (clamped to the current
