@@ -248,6 +248,22 @@ impl Store {
     }
 
     /// etcd Range on the published state (serializable read).
+    ///
+    /// Blocking hazard: this holds the std `gate` read lock for the whole
+    /// scan (index walk and every sled fetch), and takes the std index lock
+    /// inside it; both block the calling thread, they do not yield to an
+    /// async runtime. Called on a tokio worker, that worker is stuck while
+    /// (a) a compaction chunk holds the gate (one chunk, bounded by
+    /// `compact::CHUNK_KEYS`), (b) a snapshot install holds it (the whole
+    /// clear, refill and index rebuild: seconds on a big store), and (c)
+    /// once such a writer is waiting, behind every in-flight scan, since
+    /// std's `RwLock` queues new readers behind a waiting writer. With few
+    /// workers a handful of concurrent large ranges during an install can
+    /// park every worker, stalling unrelated tasks (Raft heartbeats, leases,
+    /// watches). A large scan also holds off compaction and installs for its
+    /// duration. Async callers should run big or unbounded ranges via
+    /// `spawn_blocking` / `block_in_place`. The same applies to
+    /// [`Store::txn_readonly`] and [`Store::changes`].
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
         let _gate = self.gate();
         txn::range(&self.view(), req)
