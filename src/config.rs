@@ -103,7 +103,11 @@ pub struct Config {
 
     /// Number of entries kept behind a snapshot for slow followers to catch up
     /// from the log (instead of a snapshot).
-    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
     pub experimental_snapshot_catchup_entries: u64,
 
     /// Raise alarms when backend size exceeds the given quota (0 = default 2 GiB).

@@ -214,7 +214,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(snapshot_io_err)?;
         let store = self.store.clone();
         let dir = self.snap_dir.clone();
-        let path = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+        let built = tokio::task::spawn_blocking(move || -> std::io::Result<Option<PathBuf>> {
             let name = format!("{}.snap", meta.snapshot_id);
             let tmp = dir.join(format!("{name}.tmp"));
             let path = dir.join(name);
@@ -222,7 +222,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let meta_bytes = bincode::serialize(&meta).map_err(std::io::Error::other)?;
             f.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
             f.write_all(&meta_bytes)?;
-            snapshot.write_to(&mut f).map_err(std::io::Error::other)?;
+            match snapshot.write_to(&mut f) {
+                Ok(()) => {}
+                // A snapshot from the leader replaced the store while this
+                // one was being written: that one is newer.
+                Err(mvcc::StorageError::SnapshotSuperseded) => {
+                    drop(f);
+                    let _ = std::fs::remove_file(&tmp);
+                    return Ok(None);
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
             let f = f.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -230,22 +240,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // The WAL will be purged up to this snapshot: the store must hold
             // at least as much durably before that happens.
             store.flush().map_err(std::io::Error::other)?;
-            Ok(path)
+            Ok(Some(path))
         })
         .await
         .map_err(snapshot_io_err)?
         .map_err(snapshot_io_err)?;
-        if !publish_snapshot(&self.current, &self.snap_dir, &self.meta, &path) {
-            // A newer snapshot was installed meanwhile: report that one.
-            tracing::info!(snapshot = %self.meta, "built snapshot superseded by a newer one");
-        } else {
+        let published = built
+            .is_some_and(|path| publish_snapshot(&self.current, &self.snap_dir, &self.meta, &path));
+        if published {
             tracing::info!(snapshot = %self.meta, "built snapshot");
+        } else {
+            tracing::info!(snapshot = %self.meta, "built snapshot superseded by a newer one");
         }
+        // Report the current snapshot: this one, or the newer one installed
+        // meanwhile (openraft treats a build error as fatal).
+        let current = self.current.lock().unwrap().clone();
+        let (meta, path) = current
+            .ok_or_else(|| std::io::Error::other("no snapshot after a build"))
+            .map_err(snapshot_io_err)?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(snapshot_io_err)?;
         Ok(Snapshot {
-            meta: self.meta.clone(),
+            meta,
             snapshot: Box::new(file),
         })
     }
