@@ -28,6 +28,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Peers, MAX_PEER_MESSAGE};
+use crate::raft::proposer::Proposer;
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, TypeConfig};
@@ -131,6 +132,8 @@ pub async fn serve(
     .await
     .context("start raft")?;
 
+    let proposer = Proposer::spawn(raft.clone());
+
     // Peers must reach us before the first election, so the peer service
     // starts before anything waits for a leader.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -140,6 +143,7 @@ pub async fn serve(
         tracing::info!(%addr, "serving peer traffic");
         let service = PeerServer::new(PeerService::new(
             raft.clone(),
+            proposer.clone(),
             boot.cluster_id,
             boot.member_id,
         ))
@@ -174,6 +178,7 @@ pub async fn serve(
     let ctx = Context {
         raft: raft.clone(),
         peers,
+        proposer,
         store: store.clone(),
         log: log_store,
         cluster_id: boot.cluster_id,

@@ -22,6 +22,7 @@ use crate::mvcc::Store;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{ForwardError, Peers};
+use crate::raft::proposer::Proposer;
 use crate::raft::types::{Member, MemberId, Raft, Request, Response, TypeConfig};
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -33,6 +34,8 @@ pub struct Context {
     pub raft: Raft,
     /// Channels to the other members, for forwarding to the leader.
     pub peers: Peers,
+    /// Batches this member's proposals when it leads.
+    pub proposer: Proposer,
     pub store: Store,
     /// The Raft log, read for Status's committed index.
     pub log: LogStore<TypeConfig>,
@@ -95,15 +98,17 @@ impl Context {
             let (leader, node) = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if leader == self.member_id {
-                let write = self.raft.client_write(req.clone());
+                let write = self.proposer.propose(req);
                 return match tokio::time::timeout(remaining, write).await {
                     Err(_) => Err(Error::Timeout),
-                    Ok(Ok(resp)) => applied(resp.data),
+                    Ok(Ok((resp, _))) => applied(resp),
                     // Leadership moved between our check and the proposal,
                     // or while the entry was in flight: the outcome is not
                     // known, as with etcd's "leader changed".
-                    Ok(Err(RaftError::APIError(_))) => Err(Error::LeaderChanged),
-                    Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+                    Ok(Err(ForwardError::LeaderChanged | ForwardError::NotLeader(_))) => {
+                        Err(Error::LeaderChanged)
+                    }
+                    Ok(Err(ForwardError::Stopped)) => Err(Error::Stopped),
                 };
             }
             match self.peers.propose(leader, &node, &req, remaining).await {

@@ -7,21 +7,24 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::network::{ForwardError, ProposeResult, ReadIndexResult};
+use super::proposer::Proposer;
 use super::types::{Raft, Request as Write};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
 use crate::proto::oxcdpeerpb::PeerMessage;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 
 pub struct PeerService {
     raft: Raft,
+    proposer: Proposer,
     cluster_id: u64,
     member_id: u64,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, cluster_id: u64, member_id: u64) -> Self {
+    pub fn new(raft: Raft, proposer: Proposer, cluster_id: u64, member_id: u64) -> Self {
         PeerService {
             raft,
+            proposer,
             cluster_id,
             member_id,
         }
@@ -86,16 +89,7 @@ impl Peer for PeerService {
                 self.raft.metrics().borrow().current_leader,
             ))
         } else {
-            match self.raft.client_write(write).await {
-                Ok(resp) => Ok((resp.data, resp.log_id)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(ForwardError::LeaderChanged)
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
-                    Err(ForwardError::LeaderChanged)
-                }
-                Err(RaftError::Fatal(_)) => Err(ForwardError::Stopped),
-            }
+            self.proposer.propose(write).await
         };
         self.reply(&result)
     }

@@ -117,6 +117,13 @@ impl StateMachine {
         req: &Request,
     ) -> Result<Response, StorageError> {
         let r = match req {
+            Request::Batch(reqs) => {
+                let mut out = Vec::with_capacity(reqs.len());
+                for r in reqs {
+                    out.push(Self::apply_request(a, log_id, r)?);
+                }
+                return Ok(Response::Batch(out));
+            }
             Request::Put(r) => a.put(r).map(Response::Put),
             Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
             Request::Txn(r) => a.txn(r).map(Response::Txn),

@@ -58,6 +58,10 @@ pub enum Request {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compaction(CompactionRequest),
+    /// Client requests proposed together as one log entry (group commit of
+    /// proposals: one append, one fsync, one apply batch). Applied in order,
+    /// each with its own revision, exactly as if proposed one by one.
+    Batch(Vec<Request>),
 }
 
 impl Request {
@@ -69,6 +73,7 @@ impl Request {
             Request::DeleteRange(r) => r.encoded_len(),
             Request::Txn(r) => r.encoded_len(),
             Request::Compaction(r) => r.encoded_len(),
+            Request::Batch(reqs) => reqs.iter().map(Request::encoded_len).sum(),
         }
     }
 }
@@ -80,6 +85,8 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    /// The responses to a [`Request::Batch`], in order.
+    Batch(Vec<Response>),
     /// A request the state machine rejected; it changed nothing.
     Rejected(ApplyError),
     /// A blank or membership entry: no client waits for it.
