@@ -509,17 +509,21 @@ impl Hub {
 
     /// etcd `RequestProgressAll`: one progress response with watch id -1 as
     /// soon as every watcher of the stream is synced (deferred until then).
-    pub fn request_progress(&self, stream: StreamId) {
+    /// Requests made while one is pending share its reply; returns whether
+    /// this request will get a reply of its own.
+    pub fn request_progress(&self, stream: StreamId) -> bool {
         let target = self.shared.store.current_revision();
         let mut st = self.lock();
-        if let Some(s) = st.streams.get_mut(&stream) {
-            if s.progress_target.is_some() {
-                return; // one reply for requests made while one is pending
-            }
-            s.progress_target = Some(target);
-            st.progress_waiting.insert(stream);
-            st.try_progress_all(stream);
+        let Some(s) = st.streams.get_mut(&stream) else {
+            return false;
+        };
+        if s.progress_target.is_some() {
+            return false;
         }
+        s.progress_target = Some(target);
+        st.progress_waiting.insert(stream);
+        st.try_progress_all(stream);
+        true
     }
 
     /// The periodic progress tick of one stream (etcd sendLoop's

@@ -47,5 +47,7 @@
 //!   its `prev_kv` is looked up at most once.
 
 mod hub;
+#[cfg(test)]
+mod tests;
 
 pub use hub::{Ev, Hub, KeyEnd, Msg, StreamId, WatchSpec, WatcherHandle, SINK_CAPACITY};
