@@ -61,13 +61,16 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// (revision, key, is_delete, prev_kv value)
+type Got = (i64, Vec<u8>, bool, Option<Vec<u8>>);
+
 struct TestWatcher {
     watch_id: i64,
     stream: usize,
     handle: WatcherHandle,
     spec: WatchSpec,
     from: i64,
-    got: Vec<(i64, Vec<u8>, bool, Option<Vec<u8>>)>,
+    got: Vec<Got>,
     compacted: Option<i64>,
     /// Removed from the hub (its queued events may still be drained).
     removed: bool,
@@ -136,8 +139,7 @@ impl Harness {
         let last = self
             .history
             .iter()
-            .filter(|c| c.kv.key == key && c.revision.main < rev)
-            .next_back()?;
+            .rfind(|c| c.kv.key == key && c.revision.main < rev)?;
         (!last.is_delete).then(|| last.kv.value.clone())
     }
 
