@@ -26,8 +26,10 @@ use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
     watch_server::WatchServer,
 };
+use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::Network;
+use crate::raft::network::{Peers, MAX_PEER_MESSAGE};
+use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, TypeConfig};
 use crate::tls;
@@ -119,14 +121,45 @@ pub async fn serve(
         election_timeout_min: config.election_timeout,
         election_timeout_max: config.election_timeout * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        // etcd keeps this many entries behind a snapshot for slow followers.
-        max_in_snapshot_log_to_keep: 5000,
+        max_in_snapshot_log_to_keep: config.experimental_snapshot_catchup_entries,
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
-    let raft = Raft::new(boot.member_id, raft_config, Network, log_store, sm)
-        .await
-        .context("start raft")?;
+    let peers = Peers::new(boot.cluster_id, boot.member_id, config.election());
+    let raft = Raft::new(
+        boot.member_id,
+        raft_config,
+        peers.clone(),
+        log_store.clone(),
+        sm,
+    )
+    .await
+    .context("start raft")?;
+
+    // Peers must reach us before the first election, so the peer service
+    // starts before anything waits for a leader.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners.peer {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "serving peer traffic");
+        let service = PeerServer::new(PeerService::new(
+            raft.clone(),
+            boot.cluster_id,
+            boot.member_id,
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
 
     if !raft.is_initialized().await? {
         if config.initial_cluster_state != "new" {
@@ -145,7 +178,9 @@ pub async fn serve(
 
     let ctx = Context {
         raft: raft.clone(),
+        peers,
         store: store.clone(),
+        log: log_store,
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,
@@ -158,8 +193,6 @@ pub async fn serve(
     // oversized messages with grpc-go's status, as etcd does.
     let max_msg = ctx.max_recv_bytes.saturating_mul(4);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
     for ClientListener {
         listener,
         tls: https,
@@ -198,27 +231,24 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
         });
     }
-    // The peer listeners are held so the ports stay ours; the peer transport
-    // arrives with the many-member issue.
-    let _peer = listeners.peer;
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         Some(res) = servers.join_next() => {
             res??;
-            bail!("a client listener stopped unexpectedly");
+            bail!("a listener stopped unexpectedly");
         }
     }
     let _ = stop_tx.send(true);
     while let Some(res) = servers.join_next().await {
         if let Ok(Err(e)) = res {
-            tracing::warn!(error = %e, "client listener failed while stopping");
+            tracing::warn!(error = %e, "a listener failed while stopping");
         }
     }
     raft.shutdown().await.ok();
@@ -236,4 +266,19 @@ fn is_sole_voter(raft: &Raft, me: u64) -> bool {
 async fn wait_for_leader(raft: &Raft, max: Duration) {
     let mut metrics = raft.metrics();
     let _ = tokio::time::timeout(max, metrics.wait_for(|m| m.current_leader.is_some())).await;
+}
+
+/// Accepted connections with Nagle's algorithm off, as Go's net package
+/// (and so etcd) sets them: small gRPC frames must not wait for the peer's
+/// delayed ACK (a 40 ms stall per request otherwise). tonic applies its own
+/// `tcp_nodelay` only to listeners it binds itself.
+fn accept_nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
