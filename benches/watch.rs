@@ -139,7 +139,11 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn connect(url: &str) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(ch) = Endpoint::from_shared(url.to_string()).unwrap().connect().await {
+        if let Ok(ch) = Endpoint::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
             let mut kv = KvClient::new(ch.clone());
             let ok = kv
                 .range(RangeRequest {
@@ -197,7 +201,11 @@ async fn run_target(name: &str, bin: &PathBuf, p: &Params) -> Report {
             .await
             .unwrap();
         }
-        let mut inbound = wc.watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut inbound = wc
+            .watch(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         let mut created = 0;
         while created < n {
             let r = inbound.message().await.unwrap().expect("created");
@@ -296,7 +304,14 @@ fn main() {
     );
     println!(
         "{:<6} {:>12} {:>12} {:>9} {:>9} {:>11} {:>12} {:>10}",
-        "target", "delivered", "events/s", "p50 ms", "p99 ms", "put p99 ms", "B/watcher", "create s"
+        "target",
+        "delivered",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "put p99 ms",
+        "B/watcher",
+        "create s"
     );
     for t in targets.split(',') {
         let bin = match t {
