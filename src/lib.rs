@@ -10,6 +10,8 @@
 //! raft/       openraft: type config, log store (the WAL), state machine
 //!    ▼ committed entries, in log order
 //! mvcc/       etcd's revisioned key space over sled
+//!    ▼ committed changes, after each sled batch
+//! watch/      hub: synced / catching-up watchers, fed by apply
 //! ```
 //!
 //! Every write goes through Raft, on one member as on five: a single-member
@@ -25,3 +27,4 @@ pub mod raft;
 pub mod server;
 pub mod tls;
 pub mod wal;
+pub mod watch;

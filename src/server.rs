@@ -24,6 +24,7 @@ use crate::config::{split_urls, Config};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::raft::log_store::LogStore;
@@ -33,6 +34,7 @@ use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, TypeConfig};
 use crate::tls;
+use crate::watch::Hub;
 
 /// Sockets the server accepts on, bound by the caller.
 pub struct Listeners {
@@ -109,7 +111,10 @@ pub async fn serve(
     let log_store = LogStore::<TypeConfig>::open(&config.wal_dir())
         .with_context(|| format!("open WAL in {}", config.wal_dir().display()))?;
     let store = Store::open(&data_dir.join("db")).context("open the MVCC store")?;
-    let sm = StateMachine::open(store.clone(), &data_dir.join("snap")).context("open snapshots")?;
+    let hub = Hub::new(store.clone());
+    let sm = StateMachine::open(store.clone(), &data_dir.join("snap"))
+        .context("open snapshots")?
+        .with_watch_hub(hub.clone());
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -218,6 +223,15 @@ pub async fn serve(
             .add_service(
                 ClusterServer::new(api::cluster::ClusterService::new(ctx.clone()))
                     .max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                WatchServer::new(api::watch::WatchService::new(
+                    ctx.clone(),
+                    hub.clone(),
+                    config.experimental_watch_progress_notify_interval,
+                    config.election(),
+                ))
+                .max_decoding_message_size(max_msg),
             );
         let mut stop = stop_rx.clone();
         servers.spawn(async move {

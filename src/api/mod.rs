@@ -11,6 +11,7 @@ pub mod kv;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::time::{Duration, Instant};
 

@@ -16,7 +16,7 @@ use super::backend::{
 };
 use super::key_index::{KeyRev, RangeEnd};
 use super::revision::Revision;
-use super::store::Inner;
+use super::store::{Change, Inner};
 use super::{ApplyError, StorageError};
 use crate::proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
@@ -404,6 +404,9 @@ pub struct Applier<'a> {
     begin_rev: i64,
     /// Changes made by the current write request (etcd `len(tw.changes)`).
     changes: i64,
+    /// Every change this applier made, in revision order: what `commit`
+    /// hands to the watch hub once it is in sled.
+    log: Vec<Change>,
 }
 
 impl ReadView for Applier<'_> {
@@ -445,6 +448,7 @@ impl<'a> Applier<'a> {
             start_compact_rev: compact_rev,
             begin_rev: rev,
             changes: 0,
+            log: Vec::new(),
         }
     }
 
@@ -482,6 +486,11 @@ impl<'a> Applier<'a> {
         drop(index);
         self.batch
             .insert(&rev_key(idx_rev), &encode_stored(&kv, false));
+        self.log.push(Change {
+            revision: idx_rev,
+            kv: kv.clone(),
+            is_delete: false,
+        });
         self.pending.insert(idx_rev, kv);
         self.changes += 1;
         rev
@@ -501,6 +510,11 @@ impl<'a> Applier<'a> {
             self.inner.index_mut().tombstone(k, idx_rev);
             self.batch
                 .insert(&rev_key(idx_rev), &encode_stored(&tomb, true));
+            self.log.push(Change {
+                revision: idx_rev,
+                kv: tomb,
+                is_delete: true,
+            });
             self.changes += 1;
         }
         pairs.len() as i64
@@ -652,7 +666,8 @@ impl<'a> Applier<'a> {
     }
 
     /// Write everything as one sled batch, then publish to readers.
-    pub fn commit(mut self) -> Result<(), StorageError> {
+    /// Returns the committed changes in revision order (for the watch hub).
+    pub fn commit(mut self) -> Result<Vec<Change>, StorageError> {
         if self.rev != self.start_rev {
             self.batch.insert(META_CURRENT_REV, &encode_i64(self.rev));
         }
@@ -667,7 +682,7 @@ impl<'a> Applier<'a> {
         if self.compact_rev != self.start_compact_rev {
             self.inner.signal_compactor();
         }
-        Ok(())
+        Ok(std::mem::take(&mut self.log))
     }
 }
 

@@ -28,6 +28,7 @@ use super::types::{
     ApplyError, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::mvcc::{self, Applier, Store};
+use crate::watch::Hub;
 
 /// What the state machine persists beside the data, in the same batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +43,8 @@ pub struct StateMachine {
     applied: AppliedState,
     /// Path and meta of the newest complete snapshot file.
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+    /// Watchers hear of each committed batch, after it is in sled.
+    watch: Option<Hub>,
 }
 
 impl StateMachine {
@@ -70,7 +73,14 @@ impl StateMachine {
             snap_dir: snap_dir.to_path_buf(),
             applied,
             current: Arc::new(Mutex::new(current)),
+            watch: None,
         })
+    }
+
+    /// Publish every committed change to this watch hub.
+    pub fn with_watch_hub(mut self, hub: Hub) -> Self {
+        self.watch = Some(hub);
+        self
     }
 
     fn read_applied(store: &Store) -> std::io::Result<AppliedState> {
@@ -305,8 +315,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         a.set_applied_meta(meta);
         // An I/O failure here stops this member (openraft treats a storage
         // error as fatal) rather than letting it diverge from the others.
-        a.commit()
+        let changes = a
+            .commit()
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        if let Some(hub) = &self.watch {
+            hub.publish(changes); // non-blocking: apply never waits for watchers
+        }
         Ok(out)
     }
 
@@ -392,6 +406,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .flush()
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         publish_snapshot(&self.current, &self.snap_dir, meta, &path);
+        if let Some(hub) = &self.watch {
+            hub.restored(self.store.current_revision());
+        }
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())
     }

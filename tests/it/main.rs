@@ -10,3 +10,4 @@ mod etcdctl;
 mod kv;
 mod support;
 mod tls;
+mod watch;
