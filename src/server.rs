@@ -25,8 +25,10 @@ use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
+use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::Network;
+use crate::raft::network::{Peers, MAX_PEER_MESSAGE};
+use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, TypeConfig};
 use crate::tls;
@@ -119,9 +121,35 @@ pub async fn serve(
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
-    let raft = Raft::new(boot.member_id, raft_config, Network, log_store, sm)
+    let peers = Peers::new(boot.cluster_id, boot.member_id, config.election());
+    let raft = Raft::new(boot.member_id, raft_config, peers.clone(), log_store, sm)
         .await
         .context("start raft")?;
+
+    // Peers must reach us before the first election, so the peer service
+    // starts before anything waits for a leader.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners.peer {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "serving peer traffic");
+        let service = PeerServer::new(PeerService::new(
+            raft.clone(),
+            boot.cluster_id,
+            boot.member_id,
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
 
     if !raft.is_initialized().await? {
         if config.initial_cluster_state != "new" {
@@ -140,6 +168,7 @@ pub async fn serve(
 
     let ctx = Context {
         raft: raft.clone(),
+        peers,
         store: store.clone(),
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
@@ -153,8 +182,6 @@ pub async fn serve(
     // oversized messages with grpc-go's status, as etcd does.
     let max_msg = ctx.max_recv_bytes.saturating_mul(4);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
     for ClientListener {
         listener,
         tls: https,
@@ -190,21 +217,18 @@ pub async fn serve(
                 .await
         });
     }
-    // The peer listeners are held so the ports stay ours; the peer transport
-    // arrives with the many-member issue.
-    let _peer = listeners.peer;
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         Some(res) = servers.join_next() => {
             res??;
-            bail!("a client listener stopped unexpectedly");
+            bail!("a listener stopped unexpectedly");
         }
     }
     let _ = stop_tx.send(true);
     while let Some(res) = servers.join_next().await {
         if let Ok(Err(e)) = res {
-            tracing::warn!(error = %e, "client listener failed while stopping");
+            tracing::warn!(error = %e, "a listener failed while stopping");
         }
     }
     raft.shutdown().await.ok();

@@ -60,6 +60,19 @@ pub enum Request {
     Compaction(CompactionRequest),
 }
 
+impl Request {
+    /// The request's size as etcd measures it against `--max-request-bytes`.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message;
+        match self {
+            Request::Put(r) => r.encoded_len(),
+            Request::DeleteRange(r) => r.encoded_len(),
+            Request::Txn(r) => r.encoded_len(),
+            Request::Compaction(r) => r.encoded_len(),
+        }
+    }
+}
+
 /// The outcome of applying one [`Request`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
