@@ -694,7 +694,10 @@ impl Member {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("{} ignored SIGTERM for {STOP_TIMEOUT:?}; SIGKILL", self.name);
+        eprintln!(
+            "{} ignored SIGTERM for {STOP_TIMEOUT:?}; SIGKILL",
+            self.name
+        );
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -845,9 +848,14 @@ impl TestCluster {
                 Ok(()) => return c,
                 Err(e)
                     if attempt < 3
-                        && c.members.iter().any(|m| m.full_log().contains("address already in use")) =>
+                        && c.members
+                            .iter()
+                            .any(|m| m.full_log().contains("address already in use")) =>
                 {
-                    eprintln!("port clash ({}), retrying with new ports", e.lines().next().unwrap_or(""));
+                    eprintln!(
+                        "port clash ({}), retrying with new ports",
+                        e.lines().next().unwrap_or("")
+                    );
                 }
                 Err(e) => panic!("cluster of {n} did not start: {e}"),
             }
@@ -990,7 +998,11 @@ impl TestCluster {
             let mut seen = Vec::new();
             for &i in &live {
                 match self.members[i].status().await {
-                    Ok(s) => seen.push((i, s.header().map(|h| h.member_id()).unwrap_or(0), s.leader())),
+                    Ok(s) => seen.push((
+                        i,
+                        s.header().map(|h| h.member_id()).unwrap_or(0),
+                        s.leader(),
+                    )),
                     Err(_) => seen.push((i, 0, 0)),
                 }
             }
