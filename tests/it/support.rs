@@ -946,17 +946,63 @@ impl TestCluster {
         self.members.iter().map(Member::logs).collect()
     }
 
-    /// Waits until every running member serves a linearizable read.
+    /// Waits until every started member serves a linearizable read. A
+    /// member that exits meanwhile fails the wait at once, named with its
+    /// output (it is usually the cause of the others not being ready).
     pub async fn wait_all_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        for i in 0..self.members.len() {
-            if !self.members[i].is_running() && self.members[i].child.is_none() {
-                continue; // stopped on purpose
+        // Members stopped on purpose have no child and are not waited for.
+        let mut pending: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .collect();
+        let mut last_err = String::new();
+        for _round in 0..1000 {
+            let exited: Vec<usize> = (0..self.members.len())
+                .filter(|&i| {
+                    let m = &mut self.members[i];
+                    m.child.is_some() && !m.is_running()
+                })
+                .collect();
+            if let Some(&i) = exited.first() {
+                let m = &mut self.members[i];
+                let status = m.child.as_mut().unwrap().try_wait().unwrap();
+                return Err(format!(
+                    "{} exited ({status:?}) while the cluster was starting; exited: {:?}\n{}",
+                    m.name,
+                    exited.iter().map(|&j| format!("m{j}")).collect::<Vec<_>>(),
+                    m.logs()
+                ));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            self.members[i].wait_ready(left).await?;
+            let mut still = Vec::new();
+            for &i in &pending {
+                match self.members[i].try_client().await {
+                    Ok(mut c) => match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        c.get("oxcd-it-readiness-probe", None),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => last_err = format!("m{i}: {e}"),
+                        Err(_) => last_err = format!("m{i}: get timed out"),
+                    },
+                    Err(e) => last_err = format!("m{i}: {e}"),
+                }
+                still.push(i);
+            }
+            pending = still;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
+        Err(format!(
+            "members {pending:?} not ready after {timeout:?} (last error: {last_err})\n{}",
+            self.logs()
+        ))
     }
 
     /// The leader as the running members see it right now: the index of the
