@@ -758,14 +758,19 @@ async fn lagging_member_catches_up_by_snapshot(n: usize, with_lease: bool) {
     }
     c.put("snap/gone", "x", None).await.unwrap();
     c.delete("snap/gone", None).await.unwrap();
-    let lease = c.lease_grant(600, None).await.unwrap().id();
-    c.put(
-        "snap/leased",
-        "l",
-        Some(etcd_client::PutOptions::new().with_lease(lease)),
-    )
-    .await
-    .unwrap();
+    let lease = if with_lease {
+        let lease = c.lease_grant(600, None).await.unwrap().id();
+        c.put(
+            "snap/leased",
+            "l",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+        lease
+    } else {
+        0
+    };
 
     let lag = (leader + 1) % n;
     cl.member_mut(lag).stop();
@@ -863,11 +868,19 @@ async fn lagging_member_catches_up_by_snapshot(n: usize, with_lease: bool) {
         .await
         .unwrap();
     assert_eq!(g.kvs()[0].value(), b"h-late");
-    let leases = lc.leases().await.unwrap();
-    assert!(
-        leases.leases().iter().any(|l| l.id() == lease),
-        "lease lost on m{lag}"
-    );
+    if with_lease {
+        let leases = lc.leases().await.unwrap();
+        assert!(
+            leases.leases().iter().any(|l| l.id() == lease),
+            "lease lost on m{lag}"
+        );
+        let ttl = lc.lease_time_to_live(lease, None).await.unwrap();
+        assert!(
+            ttl.ttl() > 0 && ttl.ttl() <= 600,
+            "lease ttl on m{lag}: {}",
+            ttl.ttl()
+        );
+    }
     // And it takes writes.
     let r = lc.put("snap/after", "a", None).await.unwrap();
     let rev = r.header().unwrap().revision();
