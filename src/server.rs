@@ -116,15 +116,20 @@ pub async fn serve(
         election_timeout_min: config.election_timeout,
         election_timeout_max: config.election_timeout * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        // etcd keeps this many entries behind a snapshot for slow followers.
-        max_in_snapshot_log_to_keep: 5000,
+        max_in_snapshot_log_to_keep: config.experimental_snapshot_catchup_entries,
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
     let peers = Peers::new(boot.cluster_id, boot.member_id, config.election());
-    let raft = Raft::new(boot.member_id, raft_config, peers.clone(), log_store, sm)
-        .await
-        .context("start raft")?;
+    let raft = Raft::new(
+        boot.member_id,
+        raft_config,
+        peers.clone(),
+        log_store.clone(),
+        sm,
+    )
+    .await
+    .context("start raft")?;
 
     // Peers must reach us before the first election, so the peer service
     // starts before anything waits for a leader.
@@ -144,7 +149,7 @@ pub async fn serve(
         servers.spawn(async move {
             Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -170,6 +175,7 @@ pub async fn serve(
         raft: raft.clone(),
         peers,
         store: store.clone(),
+        log: log_store,
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,
@@ -211,7 +217,7 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -246,4 +252,19 @@ fn is_sole_voter(raft: &Raft, me: u64) -> bool {
 async fn wait_for_leader(raft: &Raft, max: Duration) {
     let mut metrics = raft.metrics();
     let _ = tokio::time::timeout(max, metrics.wait_for(|m| m.current_leader.is_some())).await;
+}
+
+/// Accepted connections with Nagle's algorithm off, as Go's net package
+/// (and so etcd) sets them: small gRPC frames must not wait for the peer's
+/// delayed ACK (a 40 ms stall per request otherwise). tonic applies its own
+/// `tcp_nodelay` only to listeners it binds itself.
+fn accept_nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }

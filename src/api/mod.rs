@@ -20,8 +20,9 @@ use prost::Message;
 use crate::error::Error;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::raft::log_store::LogStore;
 use crate::raft::network::{ForwardError, Peers};
-use crate::raft::types::{Member, MemberId, Raft, Request, Response};
+use crate::raft::types::{Member, MemberId, Raft, Request, Response, TypeConfig};
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -33,6 +34,8 @@ pub struct Context {
     /// Channels to the other members, for forwarding to the leader.
     pub peers: Peers,
     pub store: Store,
+    /// The Raft log, read for Status's committed index.
+    pub log: LogStore<TypeConfig>,
     pub cluster_id: u64,
     pub member_id: MemberId,
     pub max_txn_ops: usize,

@@ -74,6 +74,34 @@ pub enum PeerError {
     Decode(MemberId, String),
 }
 
+impl PeerError {
+    /// True when the request certainly never reached the peer: no
+    /// connection could be made. Anything else (a reset mid-call, a
+    /// timeout) leaves the outcome unknown.
+    pub fn not_delivered(&self) -> bool {
+        match self {
+            PeerError::BadUrl(..) => true,
+            PeerError::Rpc(_, status) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> =
+                    std::error::Error::source(status);
+                while let Some(e) = source {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                            return true;
+                        }
+                    }
+                    if e.to_string().contains("tcp connect error") {
+                        return true;
+                    }
+                    source = e.source();
+                }
+                false
+            }
+            PeerError::Decode(..) => false,
+        }
+    }
+}
+
 impl Peers {
     pub fn new(cluster_id: u64, me: MemberId, connect_timeout: Duration) -> Peers {
         Peers {
