@@ -11,7 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_protos(
-            &["proto/kv.proto", "proto/auth.proto", "proto/rpc.proto"],
+            &[
+                "proto/kv.proto",
+                "proto/auth.proto",
+                "proto/rpc.proto",
+                "proto/peer.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

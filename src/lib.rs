@@ -10,6 +10,8 @@
 //! raft/       openraft: type config, log store (the WAL), state machine
 //!    ▼ committed entries, in log order
 //! mvcc/       etcd's revisioned key space over sled, the lease table
+//!    ▼ committed changes, after each sled batch
+//! watch/      hub: synced / catching-up watchers, fed by apply
 //! lease/      the lessor: deadlines on the leader, revokes through Raft
 //! ```
 //!
@@ -27,3 +29,4 @@ pub mod raft;
 pub mod server;
 pub mod tls;
 pub mod wal;
+pub mod watch;

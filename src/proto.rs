@@ -16,3 +16,8 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// oxcd's own member-to-member protocol (`proto/peer.proto`).
+pub mod oxcdpeerpb {
+    tonic::include_proto!("oxcdpeerpb");
+}

@@ -25,13 +25,17 @@ use crate::lease::{Lessor, LessorConfig};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::Network;
+use crate::raft::network::{Peers, MAX_PEER_MESSAGE};
+use crate::raft::proposer::Proposer;
+use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, TypeConfig};
 use crate::tls;
+use crate::watch::Hub;
 
 /// Sockets the server accepts on, bound by the caller.
 pub struct Listeners {
@@ -108,12 +112,14 @@ pub async fn serve(
     let log_store = LogStore::<TypeConfig>::open(&config.wal_dir())
         .with_context(|| format!("open WAL in {}", config.wal_dir().display()))?;
     let store = Store::open(&data_dir.join("db")).context("open the MVCC store")?;
+    let hub = Hub::new(store.clone());
     let lessor = Lessor::new(
         LessorConfig::new(config.heartbeat(), config.election()),
         store.lease_records(),
     );
     let sm = StateMachine::open(store.clone(), &data_dir.join("snap"))
         .context("open snapshots")?
+        .with_watch_hub(hub.clone())
         .with_lessor(lessor.clone());
 
     let raft_config = openraft::Config {
@@ -122,14 +128,48 @@ pub async fn serve(
         election_timeout_min: config.election_timeout,
         election_timeout_max: config.election_timeout * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        // etcd keeps this many entries behind a snapshot for slow followers.
-        max_in_snapshot_log_to_keep: 5000,
+        max_in_snapshot_log_to_keep: config.experimental_snapshot_catchup_entries,
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().context("raft configuration")?);
-    let raft = Raft::new(boot.member_id, raft_config, Network, log_store, sm)
-        .await
-        .context("start raft")?;
+    let peers = Peers::new(boot.cluster_id, boot.member_id, config.election());
+    let raft = Raft::new(
+        boot.member_id,
+        raft_config,
+        peers.clone(),
+        log_store.clone(),
+        sm,
+    )
+    .await
+    .context("start raft")?;
+
+    let proposer = Proposer::spawn(raft.clone());
+
+    // Peers must reach us before the first election, so the peer service
+    // starts before anything waits for a leader.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners.peer {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "serving peer traffic");
+        let service = PeerServer::new(PeerService::new(
+            raft.clone(),
+            proposer.clone(),
+            boot.cluster_id,
+            boot.member_id,
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
 
     if !raft.is_initialized().await? {
         if config.initial_cluster_state != "new" {
@@ -148,8 +188,11 @@ pub async fn serve(
 
     let ctx = Context {
         raft: raft.clone(),
+        peers,
+        proposer,
         store: store.clone(),
         lessor: lessor.clone(),
+        log: log_store,
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,
@@ -162,8 +205,6 @@ pub async fn serve(
     // oversized messages with grpc-go's status, as etcd does.
     let max_msg = ctx.max_recv_bytes.saturating_mul(4);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
     for ClientListener {
         listener,
         tls: https,
@@ -193,11 +234,20 @@ pub async fn serve(
             .add_service(
                 ClusterServer::new(api::cluster::ClusterService::new(ctx.clone()))
                     .max_decoding_message_size(max_msg),
+            )
+            .add_service(
+                WatchServer::new(api::watch::WatchService::new(
+                    ctx.clone(),
+                    hub.clone(),
+                    config.experimental_watch_progress_notify_interval,
+                    config.election(),
+                ))
+                .max_decoding_message_size(max_msg),
             );
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -206,21 +256,18 @@ pub async fn serve(
     // The lessor follows leadership on every member; only the leader's
     // expires leases (through Raft).
     let lessor_task = tokio::spawn(crate::lease::run(ctx.clone(), lessor, stop_rx.clone()));
-    // The peer listeners are held so the ports stay ours; the peer transport
-    // arrives with the many-member issue.
-    let _peer = listeners.peer;
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         Some(res) = servers.join_next() => {
             res??;
-            bail!("a client listener stopped unexpectedly");
+            bail!("a listener stopped unexpectedly");
         }
     }
     let _ = stop_tx.send(true);
     while let Some(res) = servers.join_next().await {
         if let Ok(Err(e)) = res {
-            tracing::warn!(error = %e, "client listener failed while stopping");
+            tracing::warn!(error = %e, "a listener failed while stopping");
         }
     }
     let _ = lessor_task.await;
@@ -239,4 +286,19 @@ fn is_sole_voter(raft: &Raft, me: u64) -> bool {
 async fn wait_for_leader(raft: &Raft, max: Duration) {
     let mut metrics = raft.metrics();
     let _ = tokio::time::timeout(max, metrics.wait_for(|m| m.current_leader.is_some())).await;
+}
+
+/// Accepted connections with Nagle's algorithm off, as Go's net package
+/// (and so etcd) sets them: small gRPC frames must not wait for the peer's
+/// delayed ACK (a 40 ms stall per request otherwise). tonic applies its own
+/// `tcp_nodelay` only to listeners it binds itself.
+fn accept_nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }

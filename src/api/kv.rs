@@ -3,7 +3,10 @@
 use tonic::{Request, Response, Status};
 
 use super::{validate, Context};
+use crate::error::Error;
+use crate::mvcc;
 use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -20,6 +23,15 @@ impl KvService {
     }
 }
 
+/// etcd's `isTxnSerializable`: every op of both branches is a serializable
+/// range (a nested txn counts as not serializable, as in etcd).
+fn is_txn_serializable(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable))
+}
+
 /// A response of another kind than the request's can only come from a bug.
 fn mismatch() -> Status {
     Status::internal("oxcd: state machine answered with the wrong response type")
@@ -34,11 +46,7 @@ impl Kv for KvService {
         if !r.serializable {
             self.ctx.read_barrier().await?;
         }
-        let mut resp = self
-            .ctx
-            .store
-            .range(&r)
-            .map_err(crate::error::Error::from)?;
+        let mut resp = self.ctx.store.range(&r).map_err(Error::from)?;
         self.ctx.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -76,6 +84,16 @@ impl Kv for KvService {
         let r = req.into_inner();
         self.ctx.check_received(&r)?;
         validate::check_txn(&r, self.ctx.max_txn_ops)?;
+        if mvcc::is_txn_readonly(&r) {
+            // As etcd: a txn that only reads never enters the log; it passes
+            // the ReadIndex barrier unless every read is serializable.
+            if !is_txn_serializable(&r) {
+                self.ctx.read_barrier().await?;
+            }
+            let mut resp = self.ctx.store.txn_readonly(&r).map_err(Error::from)?;
+            self.ctx.fill(&mut resp.header);
+            return Ok(Response::new(resp));
+        }
         match self.ctx.propose(Write::Txn(r)).await? {
             Applied::Txn(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -90,13 +108,18 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let r = req.into_inner();
+        self.ctx.check_received(&r)?;
         let (revision, physical) = (r.revision, r.physical);
         match self.ctx.propose(Write::Compaction(r)).await? {
             Applied::Compaction(mut resp) => {
                 if physical {
+                    // etcd answers a physical compaction once it is done and
+                    // committed to the backend.
                     self.ctx.store.wait_compacted(revision).await;
+                    self.ctx.store.flush().map_err(Error::internal)?;
                 }
-                self.ctx.fill(&mut resp.header);
+                // etcd's header carries the revision at reply time.
+                resp.header = Some(self.ctx.header(self.ctx.store.current_revision()));
                 Ok(Response::new(resp))
             }
             _ => Err(mismatch()),

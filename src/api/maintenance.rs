@@ -53,10 +53,20 @@ impl Maintenance for MaintenanceService {
             version: ETCD_VERSION.to_string(),
             db_size,
             leader: m.current_leader.unwrap_or(0),
-            raft_index: m.last_log_index.unwrap_or(0),
+            // etcd reports the committed index here.
+            raft_index: self
+                .ctx
+                .log
+                .committed()
+                .map_or(0, |l| l.index)
+                .max(m.last_applied.map_or(0, |l| l.index)),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: vec![],
+            errors: if m.current_leader.is_none() {
+                vec![Error::NoLeader.to_string()]
+            } else {
+                vec![]
+            },
             db_size_in_use: db_size,
             is_learner: false,
             storage_version: String::new(),
@@ -102,6 +112,11 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
         let m = self.ctx.raft.metrics().borrow().clone();
+        // etcd's order: only the leader moves leadership, then the transferee
+        // must be a voting member.
+        if m.current_leader != Some(self.ctx.member_id) {
+            return Err(Error::NotLeader.into());
+        }
         if !m
             .membership_config
             .membership()
@@ -109,9 +124,6 @@ impl Maintenance for MaintenanceService {
             .any(|id| id == target)
         {
             return Err(Error::BadLeaderTransferee.into());
-        }
-        if m.current_leader != Some(self.ctx.member_id) {
-            return Err(Error::NotLeader.into());
         }
         if target != self.ctx.member_id {
             return Err(Error::Unimplemented("oxcd: leader transfer is not supported yet").into());

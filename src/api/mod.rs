@@ -12,17 +12,21 @@ pub mod lease;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use prost::Message;
 
 use crate::error::Error;
 use crate::lease::Lessor;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::raft::types::{MemberId, Raft, Request, Response};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{ForwardError, Peers};
+use crate::raft::proposer::Proposer;
+use crate::raft::types::{Member, MemberId, Raft, Request, Response, TypeConfig};
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -31,9 +35,15 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 #[derive(Clone)]
 pub struct Context {
     pub raft: Raft,
+    /// Channels to the other members, for forwarding to the leader.
+    pub peers: Peers,
+    /// Batches this member's proposals when it leads.
+    pub proposer: Proposer,
     pub store: Store,
     /// Lease deadlines and keepalives (see `crate::lease`).
     pub lessor: Lessor,
+    /// The Raft log, read for Status's committed index.
+    pub log: LogStore<TypeConfig>,
     pub cluster_id: u64,
     pub member_id: MemberId,
     pub max_txn_ops: usize,
@@ -79,48 +89,136 @@ impl Context {
     }
 
     /// Proposes a write and waits until this member has applied it.
+    ///
+    /// The leader proposes locally; a follower forwards the write to the
+    /// leader and then waits for its own apply to reach the entry, so a
+    /// client reads its own writes on the member it talks to. With no
+    /// leader, the call waits for one, up to etcd's request timeout.
     pub async fn propose(&self, req: Request) -> Result<Response, Error> {
-        let size = match &req {
-            Request::Put(r) => r.encoded_len(),
-            Request::DeleteRange(r) => r.encoded_len(),
-            Request::Txn(r) => r.encoded_len(),
-            Request::Compaction(r) => r.encoded_len(),
-            Request::LeaseGrant(r) => r.encoded_len(),
-            Request::LeaseRevoke(r) => r.encoded_len(),
-            Request::LeaseCheckpoint(r) => r.encoded_len(),
-        };
-        if size > self.max_request_bytes {
+        if req.encoded_len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        let write = self.raft.client_write(req);
-        match tokio::time::timeout(self.request_timeout, write).await {
-            Err(_) => Err(Error::Timeout),
-            Ok(Ok(resp)) => match resp.data {
-                Response::Rejected(e) => Err(e.into()),
-                data => Ok(data),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(if f.leader_id.is_some() {
-                    Error::NotLeader
-                } else {
-                    Error::NoLeader
-                })
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let (leader, node) = self.wait_for_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if leader == self.member_id {
+                let write = self.proposer.propose(req);
+                return match tokio::time::timeout(remaining, write).await {
+                    Err(_) => Err(Error::Timeout),
+                    Ok(Ok((resp, _))) => applied(resp),
+                    // Leadership moved between our check and the proposal,
+                    // or while the entry was in flight: the outcome is not
+                    // known, as with etcd's "leader changed".
+                    Ok(Err(ForwardError::LeaderChanged | ForwardError::NotLeader(_))) => {
+                        Err(Error::LeaderChanged)
+                    }
+                    Ok(Err(ForwardError::Stopped)) => Err(Error::Stopped),
+                };
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(Error::internal(e))
+            match self.peers.propose(leader, &node, &req, remaining).await {
+                Ok(Ok((resp, log_id))) => {
+                    self.wait_applied(log_id.index, deadline).await?;
+                    return applied(resp);
+                }
+                // Nothing was proposed: look for the new leader and retry.
+                Ok(Err(ForwardError::NotLeader(_))) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(ForwardError::LeaderChanged)) => return Err(Error::LeaderChanged),
+                Ok(Err(ForwardError::Stopped)) => return Err(Error::LeaderChanged),
+                Err(e) => {
+                    tracing::debug!(error = %e, "forwarding a write to the leader failed");
+                    return Err(if Instant::now() >= deadline {
+                        Error::Timeout
+                    } else {
+                        Error::LeaderChanged
+                    });
+                }
             }
-            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
         }
     }
 
-    /// The ReadIndex barrier of a linearizable read: confirms leadership with
-    /// a quorum, then waits until the local store has applied the read index.
+    /// The ReadIndex barrier of a linearizable read: the leader confirms its
+    /// leadership with a quorum and names the index a read must see; this
+    /// member then waits until its store has applied that index.
     pub async fn read_barrier(&self) -> Result<(), Error> {
-        match tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(Error::Timeout),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(_))) => Err(Error::NoLeader),
-            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let (leader, node) = self.wait_for_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let index = if leader == self.member_id {
+                match tokio::time::timeout(remaining, self.raft.get_read_log_id()).await {
+                    Err(_) => return Err(Error::Timeout),
+                    Ok(Ok((read_log_id, _))) => Some(read_log_id.map_or(0, |l| l.index)),
+                    Ok(Err(RaftError::APIError(_))) => None,
+                    Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
+                }
+            } else {
+                match self.peers.read_index(leader, &node, remaining).await {
+                    Ok(Ok(index)) => Some(index),
+                    Ok(Err(ForwardError::Stopped)) | Ok(Err(ForwardError::NotLeader(_))) => None,
+                    Ok(Err(ForwardError::LeaderChanged)) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "ReadIndex from the leader failed");
+                        None
+                    }
+                }
+            };
+            match index {
+                Some(index) => return self.wait_applied(index, deadline).await,
+                // Reads are safe to retry until the deadline.
+                None if Instant::now() < deadline => tokio::time::sleep(RETRY_PAUSE).await,
+                None => return Err(Error::Timeout),
+            }
         }
+    }
+
+    /// The current leader and its member record, waiting for one to be known.
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<(MemberId, Member), Error> {
+        let mut metrics = self.raft.metrics();
+        let known = tokio::time::timeout_at(
+            deadline.into(),
+            metrics.wait_for(|m| m.current_leader.is_some()),
+        )
+        .await;
+        let m = match known {
+            Err(_) => return Err(Error::Timeout),
+            Ok(Err(_)) => return Err(Error::Stopped),
+            Ok(Ok(m)) => m.clone(),
+        };
+        let leader = m.current_leader.expect("waited for a leader");
+        let node = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or(Error::NoLeader)?;
+        Ok((leader, node))
+    }
+
+    /// Waits until the local state machine has applied `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), Error> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read/write barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => Error::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => Error::Stopped,
+            })
+    }
+}
+
+/// How long a retry waits for a new leader to be known.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// The client's answer from an applied entry.
+fn applied(resp: Response) -> Result<Response, Error> {
+    match resp {
+        Response::Rejected(e) => Err(e.into()),
+        data => Ok(data),
     }
 }

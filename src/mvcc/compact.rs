@@ -32,8 +32,11 @@ pub(crate) fn run(store: Weak<Inner>, wake: Receiver<()>) {
             let Some(inner) = store.upgrade() else {
                 return;
             };
-            let target = inner.compact_rev.load(Ordering::SeqCst);
+            // Epoch before target: a snapshot install stores its compact
+            // revision before its last epoch bump, so a target from before
+            // an install comes with an epoch the pass finds stale.
             let epoch = inner.epoch.load(Ordering::SeqCst);
+            let target = inner.compact_rev.load(Ordering::SeqCst);
             if target <= inner.finished_rev.load(Ordering::SeqCst) {
                 break;
             }

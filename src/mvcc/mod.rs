@@ -82,7 +82,7 @@ mod txn;
 pub use lease::{LeaseInfo, LeaseRecord, MAX_LEASE_TTL};
 pub use revision::Revision;
 pub use store::{Change, Snapshot, Store};
-pub use txn::Applier;
+pub use txn::{is_txn_readonly, Applier};
 
 /// Deterministic outcomes of a request, computed alike by every member.
 #[derive(Debug, thiserror::Error)]
@@ -126,4 +126,8 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Not fatal to the store: a [`Snapshot::write_to`] raced with
+    /// [`Store::install_snapshot`]; that snapshot is void, build a new one.
+    #[error("snapshot superseded by a snapshot install")]
+    SnapshotSuperseded,
 }

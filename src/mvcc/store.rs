@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -23,7 +24,7 @@ use super::lease::{LeaseInfo, LeaseRecord, LeaseTable};
 use super::revision::Revision;
 use super::txn::{self, Applier, ReadView};
 use super::{compact, ApplyError, StorageError};
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::proto::mvccpb::KeyValue;
 
 /// etcd's revision of a new store; its first write is revision 2.
@@ -32,6 +33,11 @@ const INITIAL_REVISION: i64 = 1;
 const NO_COMPACTION: i64 = -1;
 /// Bumped when the snapshot format changes.
 const SNAPSHOT_MAGIC: &str = "oxcd-mvcc-snapshot-v1";
+/// How long a snapshot install waits for live [`Snapshot`]s (being written
+/// by a snapshot builder on another task) to be dropped before it replaces
+/// the state anyway; their `write_to` then fails with
+/// [`StorageError::SnapshotSuperseded`] rather than mixing two states.
+const SNAPSHOT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) struct Inner {
     pub backend: Backend,
@@ -40,8 +46,16 @@ pub(crate) struct Inner {
     /// index, an applier updates it in place before its batch commits.
     leases: RwLock<LeaseTable>,
     /// Published current revision: everything at or below it is in sled.
+    ///
+    /// Invariant with `compact_rev`: writers store `current_rev` before
+    /// `compact_rev`, readers load `compact_rev` before `current_rev`. A
+    /// compaction never exceeds the current revision of its own commit, so
+    /// a reader that sees a new compact revision also sees a current
+    /// revision at least as new, and a revision-0 read never lands below
+    /// the compact revision ("required revision has been compacted").
     pub current_rev: AtomicI64,
-    /// Published compact revision: reads below it fail.
+    /// Published compact revision: reads below it fail. See `current_rev`
+    /// for the publish/read order.
     pub compact_rev: AtomicI64,
     /// Revision whose physical compaction finished.
     pub finished_rev: AtomicI64,
@@ -51,9 +65,13 @@ pub(crate) struct Inner {
     serial: Mutex<()>,
     /// Readers ↔ physical removal; see the module docs.
     pub gate: RwLock<()>,
-    /// Live snapshots; compaction pauses while non-zero.
+    /// Live snapshots; compaction pauses while non-zero, and a snapshot
+    /// install waits (up to [`SNAPSHOT_DRAIN_TIMEOUT`]) for it to reach 0.
     pub snapshot_pauses: AtomicUsize,
-    /// Bumped by snapshot install so a running compaction pass restarts.
+    /// Bumped by snapshot install, under `serial` and the gate, once before
+    /// it touches sled and once after it published the new state: a
+    /// running compaction pass restarts, and a [`Snapshot`] captured before
+    /// the install refuses to finish [`Snapshot::write_to`].
     pub epoch: AtomicU64,
     wake_compactor: Mutex<mpsc::Sender<()>>,
 }
@@ -242,17 +260,53 @@ impl Store {
     }
 
     fn view(&self) -> PublishedView<'_> {
+        // Compact before current: see `Inner::current_rev`.
+        let compact_rev = self.compact_revision();
         PublishedView {
             inner: &self.inner,
             rev: self.current_revision(),
-            compact_rev: self.compact_revision(),
+            compact_rev,
         }
     }
 
     /// etcd Range on the published state (serializable read).
+    ///
+    /// Blocking hazard: this holds the std `gate` read lock for the whole
+    /// scan (index walk and every sled fetch), and takes the std index lock
+    /// inside it; both block the calling thread, they do not yield to an
+    /// async runtime. Called on a tokio worker, that worker is stuck while
+    /// (a) a compaction chunk holds the gate (one chunk, bounded by
+    /// `compact::CHUNK_KEYS`), (b) a snapshot install holds it (the whole
+    /// clear, refill and index rebuild: seconds on a big store), and (c)
+    /// once such a writer is waiting, behind every in-flight scan, since
+    /// std's `RwLock` queues new readers behind a waiting writer. With few
+    /// workers a handful of concurrent large ranges during an install can
+    /// park every worker, stalling unrelated tasks (Raft heartbeats, leases,
+    /// watches). A large scan also holds off compaction and installs for its
+    /// duration. Async callers should run big or unbounded ranges via
+    /// `spawn_blocking` / `block_in_place`. The same applies to
+    /// [`Store::txn_readonly`] and [`Store::changes`].
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
         let _gate = self.gate();
         txn::range(&self.view(), req)
+    }
+
+    /// A Txn whose branches hold only reads ([`txn::is_txn_readonly`]),
+    /// served from the published state without Raft, as etcd 3.5 does:
+    /// compares, range checks and the chosen branch's ranges all at one
+    /// published revision, with exactly the outcome and response of
+    /// [`Applier::txn`] on that state (the same code runs both). As with
+    /// [`Store::range`], linearizability is the caller's business.
+    ///
+    /// # Panics
+    /// If `!is_txn_readonly(t)`: route other txns through Raft.
+    pub fn txn_readonly(&self, t: &TxnRequest) -> Result<TxnResponse, ApplyError> {
+        assert!(
+            txn::is_txn_readonly(t),
+            "txn_readonly called with a txn that is not read-only"
+        );
+        let _gate = self.gate();
+        txn::txn_readonly(&self.view(), t)
     }
 
     /// Changes with `from <= main revision <= to` (clamped to the current
@@ -326,13 +380,28 @@ impl Store {
     /// A consistent logical snapshot at the current revision. Waits for a
     /// running applier to commit; does not block later ones. Compaction
     /// pauses until the snapshot is dropped.
+    ///
+    /// Called on the state-machine task between two applies, so it is kept
+    /// cheap: it does not wait for readers or a compaction chunk (no gate),
+    /// only records the revision, compact revision, applied meta and
+    /// leases under `serial`. [`Snapshot::write_to`] waits for a chunk that
+    /// was in flight here; that chunk compacts at or below the captured
+    /// compact revision (a higher one is published only by a later commit,
+    /// and a pass that loads it loads the pause count after it), so it
+    /// removes nothing a read at or above that revision needs.
     pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
         let _serial = self.inner.serial.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let _gate = self.inner.gate.write().unwrap_or_else(|e| e.into_inner());
-            self.inner.snapshot_pauses.fetch_add(1, Ordering::SeqCst);
-        }
+        self.inner.snapshot_pauses.fetch_add(1, Ordering::SeqCst);
         let guard = SnapshotPause(self.inner.clone());
+        // Stable: an install bumps it only while holding `serial`.
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        // Leases are captured here, not streamed by `write_to`: lease records
+        // are not versioned (a grant or a keep-alive does not make a
+        // revision) and applies go on after this returns, so a later read of
+        // the `l` keyspace would see leases from after `revision`, and sled
+        // has no point-in-time read. Capturing them costs one scan of the
+        // live leases, which is small next to the revisions, which are
+        // immutable up to `revision` and do stream lazily.
         let lease_end = [LEASE_PREFIX + 1];
         let leases = self
             .inner
@@ -344,14 +413,45 @@ impl Store {
             compact_revision: self.compact_revision(),
             applied_meta: self.inner.backend.get(META_APPLIED)?,
             leases,
+            epoch,
             pause: guard,
         })
     }
 
     /// Replace all state with a snapshot written by [`Snapshot::write_to`].
+    ///
+    /// openraft builds snapshots on another task, so a [`Snapshot`] may be
+    /// streaming from sled while this runs. Waits (with applies blocked) for
+    /// live snapshots to be dropped, up to `SNAPSHOT_DRAIN_TIMEOUT` (60 s), so a
+    /// builder is not failed needlessly; a `Snapshot` still alive after that
+    /// (or one that is never dropped: waiting forever would hang apply) is
+    /// voided, its `write_to` fails with
+    /// [`StorageError::SnapshotSuperseded`]. Either way no written snapshot
+    /// mixes the old and the new state.
     pub fn install_snapshot(&self, r: &mut impl Read) -> Result<(), StorageError> {
+        self.install_snapshot_within(r, SNAPSHOT_DRAIN_TIMEOUT)
+    }
+
+    fn install_snapshot_within(
+        &self,
+        r: &mut impl Read,
+        drain: Duration,
+    ) -> Result<(), StorageError> {
         let _serial = self.inner.serial.lock().unwrap_or_else(|e| e.into_inner());
+        // No new snapshot can be captured while we hold `serial`. Wait
+        // before taking the gate: a snapshot writer may need it for reading.
+        let deadline = Instant::now() + drain;
+        while self.inner.snapshot_pauses.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!("installing a snapshot while a snapshot is being written; that snapshot is void");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _gate = self.inner.gate.write().unwrap_or_else(|e| e.into_inner());
+        // Before sled changes: a `Snapshot::write_to` that read any of the
+        // changes below sees a new epoch at its final check.
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         let backend = &self.inner.backend;
         // Mark first, so a crash while replacing is seen at open as torn.
         let mut batch = WriteBatch::new();
@@ -403,14 +503,18 @@ impl Store {
         let (index, leases) = rebuild_index(backend)?;
         *self.inner.index_mut() = index;
         *self.inner.leases_mut() = leases;
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        // Current before compact: see `Inner::current_rev`.
+        self.inner.current_rev.store(revision, Ordering::SeqCst);
         self.inner
             .compact_rev
             .store(compact_revision, Ordering::SeqCst);
         self.inner
             .finished_rev
             .store(NO_COMPACTION, Ordering::SeqCst);
-        self.inner.current_rev.store(revision, Ordering::SeqCst);
+        // After the new compact revision: the compactor loads the epoch
+        // before its target, so a target from before this install always
+        // comes with a stale epoch and its pass restarts.
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         tracing::info!(revision, compact_revision, "mvcc snapshot installed");
         if compact_revision > NO_COMPACTION {
             self.inner.signal_compactor();
@@ -466,6 +570,9 @@ pub struct Snapshot {
     compact_revision: i64,
     applied_meta: Option<Vec<u8>>,
     leases: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `Inner::epoch` at capture; a different one means an install replaced
+    /// the state this snapshot reads.
+    epoch: u64,
     pause: SnapshotPause,
 }
 
@@ -479,8 +586,17 @@ impl Snapshot {
         self.applied_meta.as_deref()
     }
 
-    /// Stream the snapshot; reads sled lazily, never holds a lock.
+    /// Stream the snapshot; reads sled lazily, holds no lock but the read
+    /// gate for a moment at the start.
+    ///
+    /// Fails with [`StorageError::SnapshotSuperseded`] (before writing the
+    /// end record, so the stream is also unusable) if a snapshot install
+    /// started since the capture: what was read may mix both states.
     pub fn write_to(&self, w: &mut impl Write) -> Result<(), StorageError> {
+        // Wait out a compaction chunk that was running at capture (see
+        // `Store::snapshot`); later chunks see the pause and wait.
+        drop(self.pause.0.gate.read().unwrap_or_else(|e| e.into_inner()));
+        self.check_epoch()?;
         let mut put =
             |rec: &SnapRecord| bincode::serialize_into(&mut *w, rec).map_err(|e| codec(*e));
         put(&SnapRecord::Header {
@@ -504,7 +620,17 @@ impl Snapshot {
                 value,
             })?;
         }
+        // After the last sled read: an install that changed anything we
+        // read had bumped the epoch before (see `install_snapshot_within`).
+        self.check_epoch()?;
         put(&SnapRecord::End)
+    }
+
+    fn check_epoch(&self) -> Result<(), StorageError> {
+        if self.pause.0.epoch.load(Ordering::SeqCst) != self.epoch {
+            return Err(StorageError::SnapshotSuperseded);
+        }
+        Ok(())
     }
 }
 
@@ -602,6 +728,221 @@ mod tests {
             .scan_revs(0, s.compact_revision() + 1)
             .count();
         assert!(below <= 1200, "{below}");
+    }
+
+    /// A revision-0 read racing a commit that compacts up to its own new
+    /// revision never sees the new compact revision with the old current
+    /// one (which would fail as "compacted").
+    #[test]
+    fn latest_read_never_fails_as_compacted() {
+        let (_d, s) = open();
+        put(&s, "a", "0");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let reader = sc.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let v = s.view();
+                    assert!(v.rev >= v.compact_rev, "{} < {}", v.rev, v.compact_rev);
+                    if n.is_multiple_of(64) {
+                        s.range(&all(0)).unwrap();
+                    }
+                    n += 1;
+                }
+                n
+            });
+            for i in 0..2000 {
+                let mut a = s.begin_apply();
+                a.put(&PutRequest {
+                    key: b"a".to_vec(),
+                    value: i.to_string().into(),
+                    ..Default::default()
+                })
+                .unwrap();
+                let rev = a.current_revision();
+                a.compact(&CompactionRequest {
+                    revision: rev,
+                    physical: false,
+                })
+                .unwrap();
+                a.commit().unwrap();
+            }
+            stop.store(true, Ordering::SeqCst);
+            assert!(reader.join().unwrap() > 0);
+        });
+    }
+
+    fn snapshot_bytes(s: &Store) -> Vec<u8> {
+        let mut buf = vec![];
+        s.snapshot().unwrap().write_to(&mut buf).unwrap();
+        buf
+    }
+
+    /// A store at a state unlike `s`'s, as snapshot bytes.
+    fn other_state() -> Vec<u8> {
+        let (_d, o) = open();
+        for i in 0..50 {
+            put(&o, &format!("other{i}"), "o");
+        }
+        snapshot_bytes(&o)
+    }
+
+    /// An install waits for a snapshot being written on another thread; the
+    /// written snapshot is the state it was captured at.
+    #[test]
+    fn install_waits_for_live_snapshot() {
+        let (_d, s) = open();
+        for i in 0..20 {
+            put(&s, &format!("k{i}"), "v");
+        }
+        let want = s.range(&all(0)).unwrap();
+        let other = other_state();
+        let snap = s.snapshot().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let installer = sc.spawn(|| {
+                s.install_snapshot(&mut other.as_slice()).unwrap();
+                done.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!done.load(Ordering::SeqCst), "install did not wait");
+            let mut buf = vec![];
+            snap.write_to(&mut buf).unwrap();
+            drop(snap);
+            installer.join().unwrap();
+            let (_d2, fresh) = open();
+            fresh.install_snapshot(&mut buf.as_slice()).unwrap();
+            assert_eq!(fresh.range(&all(0)).unwrap(), want);
+        });
+        assert_eq!(s.current_revision(), 51);
+    }
+
+    /// A writer that installs `other` into `store` on its `at`-th write:
+    /// an install landing in the middle of `Snapshot::write_to`.
+    struct InstallMidway<'a> {
+        store: &'a Store,
+        other: &'a [u8],
+        writes: usize,
+        at: usize,
+        out: Vec<u8>,
+    }
+
+    impl Write for InstallMidway<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.writes += 1;
+            if self.writes == self.at {
+                self.store
+                    .install_snapshot_within(&mut &self.other[..], Duration::ZERO)
+                    .unwrap();
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A snapshot still alive when an install gives up waiting is void:
+    /// `write_to` fails instead of streaming a mix of both states, whether
+    /// the install came before or in the middle of the write.
+    #[test]
+    fn install_voids_live_snapshot() {
+        let (_d, s) = open();
+        for i in 0..200 {
+            put(&s, &format!("k{i:03}"), "v");
+        }
+        let other = other_state();
+        for at in [0, 1, 5, 40, 300] {
+            let before = snapshot_bytes(&s);
+            let snap = s.snapshot().unwrap();
+            if at == 0 {
+                s.install_snapshot_within(&mut other.as_slice(), Duration::ZERO)
+                    .unwrap();
+            }
+            let mut w = InstallMidway {
+                store: &s,
+                other: &other,
+                writes: 0,
+                at,
+                out: vec![],
+            };
+            let r = snap.write_to(&mut w);
+            assert!(
+                matches!(r, Err(StorageError::SnapshotSuperseded)),
+                "at {at}: {r:?}"
+            );
+            drop(snap);
+            assert_eq!(s.current_revision(), 51);
+            // Back to the original state for the next round.
+            s.install_snapshot(&mut before.as_slice()).unwrap();
+            assert_eq!(s.current_revision(), 201);
+        }
+        // Without an install the snapshot is fine.
+        let snap = s.snapshot().unwrap();
+        let mut w = InstallMidway {
+            store: &s,
+            other: &other,
+            writes: 0,
+            at: usize::MAX,
+            out: vec![],
+        };
+        snap.write_to(&mut w).unwrap();
+    }
+
+    /// Capture does not wait for an in-flight read (which holds the gate)
+    /// and the snapshot stays exact at its revision while physical
+    /// compaction and further applies (a higher compaction too) go on.
+    #[test]
+    fn cheap_capture_is_consistent() {
+        let (_d, s) = open();
+        for i in 0..3000 {
+            let k = format!("key{:05}", i % 1300);
+            if i % 7 == 3 {
+                crate::mvcc::txn::tests::del(&s, &k, "");
+            } else {
+                put(&s, &k, &i.to_string());
+            }
+        }
+        let compact = |s: &Store, rev| {
+            let mut a = s.begin_apply();
+            a.compact(&CompactionRequest {
+                revision: rev,
+                physical: false,
+            })
+            .unwrap();
+            a.commit().unwrap();
+        };
+        let c = s.current_revision() - 500;
+        let want: Vec<_> = (c..=s.current_revision())
+            .map(|r| s.range(&all(r)).unwrap().kvs)
+            .collect();
+        compact(&s, c); // physical compaction starts in the background
+        let reader = s.gate();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| tx.send(s.snapshot().unwrap()).unwrap());
+            let snap = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("capture waited for a reader");
+            drop(reader);
+            assert_eq!(snap.revision(), c + 500);
+            for i in 0..300 {
+                put(&s, &format!("key{:05}", i), "later");
+            }
+            compact(&s, s.current_revision());
+            let mut buf = vec![];
+            snap.write_to(&mut buf).unwrap();
+            drop(snap);
+            let (_d2, fresh) = open();
+            fresh.install_snapshot(&mut buf.as_slice()).unwrap();
+            assert_eq!(fresh.compact_revision(), c);
+            futures::executor::block_on(fresh.wait_compacted(c));
+            for (i, kvs) in want.iter().enumerate() {
+                let r = c + i as i64;
+                assert_eq!(&fresh.range(&all(r)).unwrap().kvs, kvs, "at {r}");
+            }
+        });
     }
 
     #[test]

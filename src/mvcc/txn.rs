@@ -16,7 +16,7 @@ use super::backend::{
 };
 use super::key_index::{KeyRev, RangeEnd};
 use super::revision::Revision;
-use super::store::Inner;
+use super::store::{Change, Inner};
 use super::{ApplyError, StorageError};
 use crate::proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
@@ -276,22 +276,112 @@ fn branch(t: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     }
 }
 
-/// etcd `isTxnReadonly`: no put or delete in either branch, at any depth.
-fn is_txn_readonly(t: &TxnRequest) -> bool {
+/// etcd `isTxnReadonly`: every op of both branches, at any depth, is a
+/// Range (or a nested txn that is itself read-only). An empty `RequestOp`
+/// is not a read. Such a txn can be served by
+/// [`Store::txn_readonly`](crate::mvcc::Store::txn_readonly) without going
+/// through Raft.
+pub fn is_txn_readonly(t: &TxnRequest) -> bool {
     t.success
         .iter()
         .chain(&t.failure)
         .all(|op| match &op.request {
-            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+            Some(Request::RequestRange(_)) => true,
             Some(Request::RequestTxn(sub)) => is_txn_readonly(sub),
-            _ => true,
+            _ => false,
         })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Check {
-    Put,
-    Range,
+/// etcd `checkRequests`' walk: each op of the branches `path` chose, in
+/// pre-order, nested txns entered rather than passed to `check`.
+fn check_chosen<F>(
+    t: &TxnRequest,
+    path: &[bool],
+    cursor: &mut usize,
+    check: &mut F,
+) -> Result<(), ApplyError>
+where
+    F: FnMut(&Request) -> Result<(), ApplyError>,
+{
+    let ok = path[*cursor];
+    *cursor += 1;
+    for op in branch(t, ok) {
+        match &op.request {
+            Some(Request::RequestTxn(sub)) => check_chosen(sub, path, cursor, check)?,
+            Some(req) => check(req)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// etcd `checkRequestRange` (other ops pass).
+fn check_range<V: ReadView + ?Sized>(view: &V, req: &Request) -> Result<(), ApplyError> {
+    let Request::RequestRange(r) = req else {
+        return Ok(());
+    };
+    if r.revision == 0 {
+        return Ok(());
+    }
+    if r.revision > view.rev() {
+        return Err(ApplyError::FutureRev);
+    }
+    if r.revision < view.compact_rev() {
+        return Err(ApplyError::Compacted);
+    }
+    Ok(())
+}
+
+/// etcd `applyTxn`: run the branch `path` chose, in order; `exec` runs each
+/// op but nested txns, which this enters. Nested responses carry an empty
+/// header, as in etcd; the caller sets the outer one.
+fn exec_chosen<F>(
+    t: &TxnRequest,
+    path: &[bool],
+    cursor: &mut usize,
+    exec: &mut F,
+) -> Result<TxnResponse, ApplyError>
+where
+    F: FnMut(&Request) -> Result<Response, ApplyError>,
+{
+    let ok = path[*cursor];
+    *cursor += 1;
+    let ops = branch(t, ok);
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(Request::RequestTxn(sub)) => {
+                Some(Response::ResponseTxn(exec_chosen(sub, path, cursor, exec)?))
+            }
+            Some(req) => Some(exec(req)?),
+            None => None,
+        };
+        responses.push(ResponseOp { response });
+    }
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded: ok,
+        responses,
+    })
+}
+
+/// etcd `applierV3backend.Txn` for a txn that [`is_txn_readonly`], on any
+/// view: the steps of [`Applier::txn`] that apply to reads (compares, range
+/// checks, the chosen branch), which `Applier::txn` runs through the same
+/// functions. Panics on a write op.
+pub(crate) fn txn_readonly<V: ReadView + ?Sized>(
+    view: &V,
+    t: &TxnRequest,
+) -> Result<TxnResponse, ApplyError> {
+    let mut path = Vec::new();
+    compare_to_path(view, t, &mut path)?;
+    check_chosen(t, &path, &mut 0, &mut |req| check_range(view, req))?;
+    let mut resp = exec_chosen(t, &path, &mut 0, &mut |req| match req {
+        Request::RequestRange(r) => Ok(Response::ResponseRange(range(view, r)?)),
+        _ => unreachable!("write op in a read-only txn"),
+    })?;
+    resp.header = header(view.rev());
+    Ok(resp)
 }
 
 /// Applies committed write requests; see the module docs. Obtained from
@@ -314,6 +404,9 @@ pub struct Applier<'a> {
     begin_rev: i64,
     /// Changes made by the current write request (etcd `len(tw.changes)`).
     changes: i64,
+    /// Every change this applier made, in revision order: what `commit`
+    /// hands to the watch hub once it is in sled.
+    log: Vec<Change>,
 }
 
 impl ReadView for Applier<'_> {
@@ -355,6 +448,7 @@ impl<'a> Applier<'a> {
             start_compact_rev: compact_rev,
             begin_rev: rev,
             changes: 0,
+            log: Vec::new(),
         }
     }
 
@@ -389,6 +483,11 @@ impl<'a> Applier<'a> {
         self.inner.leases_mut().on_put(key, lease);
         self.batch
             .insert(&rev_key(idx_rev), &encode_stored(&kv, false));
+        self.log.push(Change {
+            revision: idx_rev,
+            kv: kv.clone(),
+            is_delete: false,
+        });
         self.pending.insert(idx_rev, kv);
         self.changes += 1;
         rev
@@ -409,6 +508,11 @@ impl<'a> Applier<'a> {
             self.inner.leases_mut().detach(k);
             self.batch
                 .insert(&rev_key(idx_rev), &encode_stored(&tomb, true));
+            self.log.push(Change {
+                revision: idx_rev,
+                kv: tomb,
+                is_delete: true,
+            });
             self.changes += 1;
         }
         pairs.len() as i64
@@ -478,79 +582,32 @@ impl<'a> Applier<'a> {
         range(self, r)
     }
 
-    /// etcd `checkRequests` with `checkRequestPut` / `checkRequestRange`,
-    /// against the state before the txn.
-    fn check_requests(
-        &self,
-        t: &TxnRequest,
-        path: &[bool],
-        cursor: &mut usize,
-        check: Check,
-    ) -> Result<(), ApplyError> {
-        let ok = path[*cursor];
-        *cursor += 1;
-        for op in branch(t, ok) {
-            match (&op.request, check) {
-                (Some(Request::RequestTxn(sub)), _) => {
-                    self.check_requests(sub, path, cursor, check)?
-                }
-                (Some(Request::RequestPut(p)), Check::Put) => {
-                    if p.ignore_value || p.ignore_lease {
-                        let rr = range_keys(self, &p.key, RangeEnd::Single, 0, 0, false)?;
-                        if rr.kvs.is_empty() {
-                            return Err(ApplyError::KeyNotFound);
-                        }
-                    }
-                    if p.lease != 0 && !self.lease_exists(p.lease) {
-                        return Err(ApplyError::LeaseNotFound);
-                    }
-                }
-                (Some(Request::RequestRange(r)), Check::Range) => {
-                    if r.revision == 0 {
-                        continue;
-                    }
-                    if r.revision > self.rev() {
-                        return Err(ApplyError::FutureRev);
-                    }
-                    if r.revision < self.compact_rev {
-                        return Err(ApplyError::Compacted);
-                    }
-                }
-                _ => {}
+    /// etcd `checkRequestPut`, against the state before the txn.
+    fn check_put(&self, req: &Request) -> Result<(), ApplyError> {
+        let Request::RequestPut(p) = req else {
+            return Ok(());
+        };
+        if p.ignore_value || p.ignore_lease {
+            let rr = range_keys(self, &p.key, RangeEnd::Single, 0, 0, false)?;
+            if rr.kvs.is_empty() {
+                return Err(ApplyError::KeyNotFound);
             }
+        }
+        if p.lease != 0 && !self.lease_exists(p.lease) {
+            return Err(ApplyError::LeaseNotFound);
         }
         Ok(())
     }
 
-    /// etcd `applyTxn`: run the chosen branch in order.
-    fn apply_txn(
-        &mut self,
-        t: &TxnRequest,
-        path: &[bool],
-        cursor: &mut usize,
-    ) -> Result<TxnResponse, ApplyError> {
-        let ok = path[*cursor];
-        *cursor += 1;
-        let ops = branch(t, ok);
-        let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
-            let response = match &op.request {
-                Some(Request::RequestRange(r)) => Some(Response::ResponseRange(range(&*self, r)?)),
-                Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.apply_put(p)?)),
-                Some(Request::RequestDeleteRange(d)) => {
-                    Some(Response::ResponseDeleteRange(self.apply_delete_range(d)?))
-                }
-                Some(Request::RequestTxn(sub)) => {
-                    Some(Response::ResponseTxn(self.apply_txn(sub, path, cursor)?))
-                }
-                None => None,
-            };
-            responses.push(ResponseOp { response });
-        }
-        Ok(TxnResponse {
-            header: Some(ResponseHeader::default()),
-            succeeded: ok,
-            responses,
+    /// One op of a txn branch (nested txns are entered by `exec_chosen`).
+    fn apply_op(&mut self, req: &Request) -> Result<Response, ApplyError> {
+        Ok(match req {
+            Request::RequestRange(r) => Response::ResponseRange(range(&*self, r)?),
+            Request::RequestPut(p) => Response::ResponsePut(self.apply_put(p)?),
+            Request::RequestDeleteRange(d) => {
+                Response::ResponseDeleteRange(self.apply_delete_range(d)?)
+            }
+            Request::RequestTxn(_) => unreachable!("exec_chosen enters nested txns"),
         })
     }
 
@@ -561,10 +618,10 @@ impl<'a> Applier<'a> {
         let mut path = Vec::new();
         compare_to_path(&*self, t, &mut path)?;
         if !is_txn_readonly(t) {
-            self.check_requests(t, &path, &mut 0, Check::Put)?;
+            check_chosen(t, &path, &mut 0, &mut |req| self.check_put(req))?;
         }
-        self.check_requests(t, &path, &mut 0, Check::Range)?;
-        let result = self.apply_txn(t, &path, &mut 0);
+        check_chosen(t, &path, &mut 0, &mut |req| check_range(&*self, req))?;
+        let result = exec_chosen(t, &path, &mut 0, &mut |req| self.apply_op(req));
         if let Err(e) = &result {
             if e.is_deterministic() && self.changes > 0 {
                 // etcd panics too: the checks above make this unreachable.
@@ -607,20 +664,23 @@ impl<'a> Applier<'a> {
     }
 
     /// Write everything as one sled batch, then publish to readers.
-    pub fn commit(mut self) -> Result<(), StorageError> {
+    /// Returns the committed changes in revision order (for the watch hub).
+    pub fn commit(mut self) -> Result<Vec<Change>, StorageError> {
         if self.rev != self.start_rev {
             self.batch.insert(META_CURRENT_REV, &encode_i64(self.rev));
         }
         let batch = std::mem::take(&mut self.batch);
         self.inner.backend.apply(batch)?;
+        // Current before compact (see `Inner::current_rev`): a reader that
+        // sees the new compact revision then also sees the new current one.
+        self.inner.current_rev.store(self.rev, Ordering::SeqCst);
         self.inner
             .compact_rev
             .store(self.compact_rev, Ordering::SeqCst);
-        self.inner.current_rev.store(self.rev, Ordering::SeqCst);
         if self.compact_rev != self.start_compact_rev {
             self.inner.signal_compactor();
         }
-        Ok(())
+        Ok(std::mem::take(&mut self.log))
     }
 }
 
@@ -1216,5 +1276,198 @@ pub(crate) mod tests {
         assert_eq!(put(&s, "a", "2").header.unwrap().revision, 4);
         let kv = &s.range(&rng("a", "")).unwrap().kvs[0];
         assert_eq!((kv.create_revision, kv.version), (4, 1));
+    }
+
+    #[test]
+    fn is_txn_readonly_rules() {
+        let txn_op = |t: TxnRequest| RequestOp {
+            request: Some(Request::RequestTxn(t)),
+        };
+        let ro = TxnRequest {
+            success: vec![op_range("a")],
+            failure: vec![txn_op(TxnRequest {
+                failure: vec![op_range("b")],
+                ..Default::default()
+            })],
+            ..Default::default()
+        };
+        assert!(is_txn_readonly(&ro));
+        assert!(is_txn_readonly(&TxnRequest::default()));
+        let mut t = ro.clone();
+        t.success.push(RequestOp { request: None });
+        assert!(!is_txn_readonly(&t), "an empty op is not a read");
+        let mut t = ro.clone();
+        t.failure.push(txn_op(TxnRequest {
+            success: vec![op_put("a", "1")],
+            ..Default::default()
+        }));
+        assert!(!is_txn_readonly(&t), "a nested put");
+        let mut t = ro;
+        t.failure.push(RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest::default())),
+        });
+        assert!(!is_txn_readonly(&t));
+    }
+
+    /// `Store::txn_readonly` against `Applier::txn` on random histories and
+    /// random read-only txns (nested, with compares of every kind and ranges
+    /// at compacted, live and future revisions).
+    mod readonly_equivalence {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &["a", "b", "c"];
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Put(u8, u8),
+            Del(u8, bool),
+            Compact(u8),
+            Read(TxnRequest),
+        }
+
+        fn key(i: u8) -> Vec<u8> {
+            KEYS[i as usize % KEYS.len()].into()
+        }
+
+        fn range_end(k: u8, e: u8) -> Vec<u8> {
+            match e % 3 {
+                0 => vec![],
+                1 => vec![0],
+                _ => key(k.saturating_add(1)),
+            }
+        }
+
+        fn compare() -> impl Strategy<Value = Compare> {
+            (any::<u8>(), any::<u8>(), 0..6i32, 0..5i32, 0..5u8, -1..6i64).prop_map(
+                |(k, e, target, result, u, n)| Compare {
+                    key: key(k),
+                    range_end: range_end(k, e),
+                    target,
+                    result,
+                    target_union: Some(match u {
+                        0 => TargetUnion::Version(n),
+                        1 => TargetUnion::CreateRevision(n),
+                        2 => TargetUnion::ModRevision(n),
+                        3 => TargetUnion::Value(vec![b'0' + (n.rem_euclid(3)) as u8]),
+                        _ => TargetUnion::Lease(n.clamp(0, 1)),
+                    }),
+                },
+            )
+        }
+
+        fn range_op() -> impl Strategy<Value = RequestOp> {
+            (
+                (any::<u8>(), any::<u8>(), -1..14i64, 0..3i64),
+                (0..3i32, 0..5i32, any::<bool>(), any::<bool>(), 0..6i64),
+            )
+                .prop_map(|((k, e, revision, limit), (order, target, co, ko, f))| {
+                    RequestOp {
+                        request: Some(Request::RequestRange(RangeRequest {
+                            key: key(k),
+                            range_end: range_end(k, e),
+                            revision,
+                            limit,
+                            sort_order: order,
+                            sort_target: target,
+                            count_only: co && f % 3 == 0,
+                            keys_only: ko,
+                            min_mod_revision: if f == 1 { 3 } else { 0 },
+                            max_create_revision: if f == 2 { 4 } else { 0 },
+                            ..Default::default()
+                        })),
+                    }
+                })
+        }
+
+        fn ro_txn() -> impl Strategy<Value = TxnRequest> {
+            let op = range_op().prop_recursive(2, 16, 3, |inner| {
+                (
+                    vec(compare(), 0..3),
+                    vec(inner.clone(), 0..3),
+                    vec(inner, 0..3),
+                )
+                    .prop_map(|(compare, success, failure)| RequestOp {
+                        request: Some(Request::RequestTxn(TxnRequest {
+                            compare,
+                            success,
+                            failure,
+                        })),
+                    })
+            });
+            (vec(compare(), 0..3), vec(op.clone(), 0..4), vec(op, 0..4)).prop_map(
+                |(compare, success, failure)| TxnRequest {
+                    compare,
+                    success,
+                    failure,
+                },
+            )
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Step::Put(k, v)),
+                1 => (any::<u8>(), any::<bool>()).prop_map(|(k, all)| Step::Del(k, all)),
+                1 => any::<u8>().prop_map(Step::Compact),
+                4 => ro_txn().prop_map(Step::Read),
+            ]
+        }
+
+        fn run(steps: Vec<Step>) {
+            let (_d, s) = open();
+            let everything = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            };
+            for step in steps {
+                match step {
+                    Step::Put(k, v) => {
+                        let k = String::from_utf8(key(k)).unwrap();
+                        put(&s, &k, &(v % 3).to_string());
+                    }
+                    Step::Del(k, all) => {
+                        let k = String::from_utf8(key(k)).unwrap();
+                        del(&s, &k, if all { "\0" } else { "" });
+                    }
+                    Step::Compact(r) => {
+                        let rev = i64::from(r) % (s.current_revision() + 1);
+                        if rev > s.compact_revision() {
+                            let mut a = s.begin_apply();
+                            a.compact(&CompactionRequest {
+                                revision: rev,
+                                physical: false,
+                            })
+                            .unwrap();
+                            a.commit().unwrap();
+                        }
+                    }
+                    Step::Read(t) => {
+                        assert!(is_txn_readonly(&t));
+                        let (rev, compact) = (s.current_revision(), s.compact_revision());
+                        let state = s.range(&everything).unwrap();
+                        let got = s.txn_readonly(&t).map_err(|e| e.to_string());
+                        let mut a = s.begin_apply();
+                        let want = a.txn(&t).map_err(|e| e.to_string());
+                        assert_eq!(a.current_revision(), rev);
+                        a.commit().unwrap();
+                        assert_eq!(got, want, "txn {t:?}");
+                        // The applier path changed nothing either.
+                        assert_eq!((s.current_revision(), s.compact_revision()), (rev, compact));
+                        assert_eq!(s.range(&everything).unwrap(), state);
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            #[test]
+            fn txn_readonly_equals_applier(steps in vec(step(), 1..30)) {
+                run(steps);
+            }
+        }
     }
 }

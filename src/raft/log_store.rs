@@ -60,6 +60,15 @@ impl<C: RaftTypeConfig> LogStore<C> {
         })
     }
 
+    /// The newest committed log id openraft has saved, for Status's
+    /// `raftIndex` (etcd reports the committed index there).
+    pub fn committed(&self) -> Option<LogId<C::NodeId>> {
+        let b = self.wal.committed()?;
+        decode::<Option<LogId<C::NodeId>>, C::NodeId>(&b, ErrorSubject::Store)
+            .ok()
+            .flatten()
+    }
+
     /// The underlying WAL (for metrics such as `sync_count`, and tests).
     pub fn wal(&self) -> &Wal {
         &self.wal

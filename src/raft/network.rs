@@ -1,71 +1,284 @@
-//! Peer transport for openraft.
+//! The peer transport, client side: openraft's RPCs and the followers'
+//! forwarding calls, as gRPC on the members' peer URLs (`proto/peer.proto`).
 //!
-//! A one-member cluster never sends a Raft message: its single vote is a
-//! quorum. Until the peer gRPC transport lands (many-member issue), every
-//! attempt to reach another member reports it unreachable, which openraft
-//! handles like a network partition (it backs off and retries).
+//! One lazily connected tonic channel per peer, shared by Raft replication
+//! and by request forwarding; tonic reconnects with backoff when a peer
+//! comes back. Every call carries a deadline. A peer that cannot be reached
+//! is reported `Unreachable`, which openraft treats as a partition: it backs
+//! off and retries.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
 
-use super::types::{Member, MemberId, TypeConfig};
+use super::types::{LogId, Member, MemberId, Request, Response, TypeConfig};
+use crate::proto::oxcdpeerpb::peer_client::PeerClient;
+use crate::proto::oxcdpeerpb::PeerMessage;
 
-#[derive(Debug, Clone, Default)]
-pub struct Network;
+/// The largest peer message: a batch of entries or a snapshot chunk.
+pub const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
 
-#[derive(Debug)]
-pub struct PeerClient {
-    target: MemberId,
+/// Why a forwarded call did not run on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The callee is not the leader; nothing was proposed.
+    #[error("not leader (leader is {0:?})")]
+    NotLeader(Option<MemberId>),
+    /// The callee's Raft stopped.
+    #[error("stopped")]
+    Stopped,
+    /// The entry was appended but the callee lost leadership before it
+    /// committed: the outcome is unknown.
+    #[error("leader changed")]
+    LeaderChanged,
 }
 
+/// What the leader answers to a forwarded write.
+pub type ProposeResult = Result<(Response, LogId), ForwardError>;
+/// What the leader answers to a ReadIndex request: the index to wait for.
+pub type ReadIndexResult = Result<u64, ForwardError>;
+
+/// Channels to every known peer, keyed by member id.
+#[derive(Clone)]
+pub struct Peers {
+    inner: Arc<PeersInner>,
+}
+
+struct PeersInner {
+    cluster_id: u64,
+    me: MemberId,
+    connect_timeout: Duration,
+    channels: RwLock<HashMap<MemberId, Channel>>,
+}
+
+/// A failure to talk to a peer at all (not an answer from it).
 #[derive(Debug, thiserror::Error)]
-#[error("member {0:x} is unreachable: this build has no peer transport")]
-struct NoTransport(MemberId);
+pub enum PeerError {
+    #[error("peer {0:x} has no usable peer URL: {1}")]
+    BadUrl(MemberId, String),
+    #[error("peer {0:x}: {1}")]
+    Rpc(MemberId, tonic::Status),
+    #[error("peer {0:x}: undecodable answer: {1}")]
+    Decode(MemberId, String),
+}
 
-impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<MemberId, Member, E> {
-        RPCError::Unreachable(Unreachable::new(&NoTransport(self.target)))
+impl PeerError {
+    /// True when the request certainly never reached the peer: no
+    /// connection could be made. Anything else (a reset mid-call, a
+    /// timeout) leaves the outcome unknown.
+    pub fn not_delivered(&self) -> bool {
+        match self {
+            PeerError::BadUrl(..) => true,
+            PeerError::Rpc(_, status) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> =
+                    std::error::Error::source(status);
+                while let Some(e) = source {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                            return true;
+                        }
+                    }
+                    if e.to_string().contains("tcp connect error") {
+                        return true;
+                    }
+                    source = e.source();
+                }
+                false
+            }
+            PeerError::Decode(..) => false,
+        }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = PeerClient;
+impl Peers {
+    pub fn new(cluster_id: u64, me: MemberId, connect_timeout: Duration) -> Peers {
+        Peers {
+            inner: Arc::new(PeersInner {
+                cluster_id,
+                me,
+                connect_timeout,
+                channels: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
 
-    async fn new_client(&mut self, target: MemberId, _node: &Member) -> PeerClient {
-        PeerClient { target }
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
+    }
+
+    fn channel(&self, id: MemberId, node: &Member) -> Result<Channel, PeerError> {
+        if let Some(c) = self.inner.channels.read().unwrap().get(&id) {
+            return Ok(c.clone());
+        }
+        let url = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| PeerError::BadUrl(id, "none".into()))?;
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| PeerError::BadUrl(id, e.to_string()))?
+            .connect_timeout(self.inner.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .connect_lazy();
+        self.inner
+            .channels
+            .write()
+            .unwrap()
+            .insert(id, channel.clone());
+        Ok(channel)
+    }
+
+    /// One unary call: encode, send with a deadline, decode the answer.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: MemberId,
+        node: &Member,
+        method: Method,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let data = bincode::serialize(req).map_err(|e| PeerError::Decode(target, e.to_string()))?;
+        let mut client = PeerClient::new(self.channel(target, node)?)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut request = tonic::Request::new(PeerMessage {
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.me,
+            data,
+        });
+        request.set_timeout(timeout);
+        let answer = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+            Method::Propose => client.propose(request).await,
+            Method::ReadIndex => client.read_index(request).await,
+        }
+        .map_err(|s| PeerError::Rpc(target, s))?;
+        bincode::deserialize(&answer.into_inner().data)
+            .map_err(|e| PeerError::Decode(target, e.to_string()))
+    }
+
+    /// Forwards a client write to the leader.
+    pub async fn propose(
+        &self,
+        leader: MemberId,
+        node: &Member,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<ProposeResult, PeerError> {
+        self.call(leader, node, Method::Propose, req, timeout).await
+    }
+
+    /// Asks the leader for a ReadIndex.
+    pub async fn read_index(
+        &self,
+        leader: MemberId,
+        node: &Member,
+        timeout: Duration,
+    ) -> Result<ReadIndexResult, PeerError> {
+        self.call(leader, node, Method::ReadIndex, &(), timeout)
+            .await
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Propose,
+    ReadIndex,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: MemberId, node: &Member) -> PeerConnection {
+        PeerConnection {
+            peers: self.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+/// openraft's handle on one peer.
+pub struct PeerConnection {
+    peers: Peers,
+    target: MemberId,
+    node: Member,
+}
+
+impl PeerConnection {
+    async fn raft_call<Req, Resp, E>(
+        &self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<MemberId, Member, RaftError<MemberId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<MemberId, E>> = self
+            .peers
+            .call(self.target, &self.node, method, req, option.hard_ttl())
+            .await
+            .map_err(|e| match &e {
+                PeerError::Rpc(_, s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) =>
+                {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
     {
-        Err(self.unreachable())
+        self.raft_call(Method::AppendEntries, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<MemberId>,
         RPCError<MemberId, Member, RaftError<MemberId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        self.raft_call(Method::InstallSnapshot, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<MemberId>,
-        _option: RPCOption,
+        rpc: VoteRequest<MemberId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>> {
-        Err(self.unreachable())
+        self.raft_call(Method::Vote, &rpc, &option).await
     }
 }

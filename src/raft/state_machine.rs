@@ -16,7 +16,7 @@
 //! store is flushed before a snapshot is reported built, because openraft
 //! purges the WAL up to it.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -29,6 +29,7 @@ use super::types::{
 };
 use crate::lease::Lessor;
 use crate::mvcc::{self, Applier, Store};
+use crate::watch::Hub;
 
 /// What the state machine persists beside the data, in the same batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,6 +46,8 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
     /// Told about applied lease entries and applied terms (see `lease`).
     lessor: Option<Lessor>,
+    /// Watchers hear of each committed batch, after it is in sled.
+    watch: Option<Hub>,
 }
 
 /// What the lessor hears from one applied entry, once its batch committed.
@@ -55,16 +58,24 @@ enum LeaseEvent {
 }
 
 impl LeaseEvent {
-    fn of(req: &Request, resp: &Response) -> Option<LeaseEvent> {
+    /// The events of one applied request (a batch's, in order).
+    fn collect(req: &Request, resp: &Response, out: &mut Vec<LeaseEvent>) {
         match (req, resp) {
             (Request::LeaseGrant(_), Response::LeaseGrant(r)) => {
-                Some(LeaseEvent::Granted(r.id, r.ttl))
+                out.push(LeaseEvent::Granted(r.id, r.ttl))
             }
-            (Request::LeaseRevoke(r), Response::LeaseRevoke(_)) => Some(LeaseEvent::Revoked(r.id)),
+            (Request::LeaseRevoke(r), Response::LeaseRevoke(_)) => {
+                out.push(LeaseEvent::Revoked(r.id))
+            }
             (Request::LeaseCheckpoint(r), Response::LeaseCheckpoint(_)) => {
-                Some(LeaseEvent::Checkpointed(r.checkpoints.clone()))
+                out.push(LeaseEvent::Checkpointed(r.checkpoints.clone()))
             }
-            _ => None,
+            (Request::Batch(reqs), Response::Batch(resps)) => {
+                for (req, resp) in reqs.iter().zip(resps) {
+                    Self::collect(req, resp, out);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -80,23 +91,52 @@ impl LeaseEvent {
 impl StateMachine {
     pub fn open(store: Store, snap_dir: &Path) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(snap_dir)?;
-        let applied = match store.applied_meta().map_err(std::io::Error::other)? {
-            Some(bytes) => bincode::deserialize(&bytes).map_err(std::io::Error::other)?,
-            None => AppliedState::default(),
-        };
+        let mut applied = Self::read_applied(&store)?;
         let current = Self::find_newest_snapshot(snap_dir)?;
+        // The store can be behind the newest snapshot: a crash cut short an
+        // install (the store wiped itself) or came before the store flushed
+        // after a build. The snapshot is durable, so it is the state to
+        // start from; the log after it is still in the WAL.
+        if let Some((meta, path)) = &current {
+            if applied.last_applied < meta.last_log_id {
+                tracing::warn!(snapshot = %meta, "store is behind the newest snapshot; reinstalling it");
+                let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+                read_meta(&mut r)?;
+                store
+                    .install_snapshot(&mut r)
+                    .map_err(std::io::Error::other)?;
+                store.flush().map_err(std::io::Error::other)?;
+                applied = Self::read_applied(&store)?;
+            }
+        }
         Ok(StateMachine {
             store,
             snap_dir: snap_dir.to_path_buf(),
             applied,
             current: Arc::new(Mutex::new(current)),
             lessor: None,
+            watch: None,
+        })
+    }
+
+    /// Publish every committed change to this watch hub.
+    pub fn with_watch_hub(mut self, hub: Hub) -> Self {
+        self.watch = Some(hub);
+        self
+    }
+
+    fn read_applied(store: &Store) -> std::io::Result<AppliedState> {
+        Ok(match store.applied_meta().map_err(std::io::Error::other)? {
+            Some(bytes) => bincode::deserialize(&bytes).map_err(std::io::Error::other)?,
+            None => AppliedState::default(),
         })
     }
 
     /// Reports applied lease entries (and the term of the newest applied
     /// entry, which decides the lessor's promotion) to `lessor`.
     pub fn with_lessor(mut self, lessor: Lessor) -> StateMachine {
+        // `open` may have reinstalled a snapshot: start from the store.
+        lessor.recover(self.store.lease_records());
         if let Some(last) = self.applied.last_applied {
             lessor.applied_term(last.leader_id.term);
         }
@@ -141,6 +181,13 @@ impl StateMachine {
         req: &Request,
     ) -> Result<Response, StorageError> {
         let r = match req {
+            Request::Batch(reqs) => {
+                let mut out = Vec::with_capacity(reqs.len());
+                for r in reqs {
+                    out.push(Self::apply_request(a, log_id, r)?);
+                }
+                return Ok(Response::Batch(out));
+            }
             Request::Put(r) => a.put(r).map(Response::Put),
             Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
             Request::Txn(r) => a.txn(r).map(Response::Txn),
@@ -170,10 +217,19 @@ fn snapshot_io_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_snapshot(None, &e).into()
 }
 
+/// A snapshot's meta is a log id and a member list: small.
+const MAX_META_BYTES: usize = 1 << 20;
+
 fn read_meta(f: &mut impl Read) -> std::io::Result<SnapshotMeta> {
     let mut len = [0u8; 4];
     f.read_exact(&mut len)?;
-    let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_META_BYTES {
+        return Err(std::io::Error::other(format!(
+            "snapshot meta of {len} bytes is implausible"
+        )));
+    }
+    let mut buf = vec![0u8; len];
     f.read_exact(&mut buf)?;
     bincode::deserialize(&buf).map_err(std::io::Error::other)
 }
@@ -182,16 +238,38 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Keeps the newest snapshot file and deletes older ones.
-fn remove_older_snapshots(dir: &Path, keep: &Path) {
+/// Makes `(meta, path)` the current snapshot unless a newer one already is,
+/// and deletes the files of older snapshots. Builds and installs can finish
+/// in any order; the newest log id always wins.
+fn publish_snapshot(
+    current: &Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    path: &Path,
+) -> bool {
+    let mut cur = current.lock().unwrap();
+    if let Some((m, p)) = cur.as_ref() {
+        if m.last_log_id > meta.last_log_id && p != path {
+            let _ = std::fs::remove_file(path);
+            return false;
+        }
+    }
+    *cur = Some((meta.clone(), path.to_path_buf()));
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if p != keep && p.extension().and_then(|e| e.to_str()) == Some("snap") {
+            if p == path || p.extension().and_then(|e| e.to_str()) != Some("snap") {
+                continue;
+            }
+            let older = std::fs::File::open(&p)
+                .and_then(|mut f| read_meta(&mut f))
+                .map_or(true, |m| m.last_log_id <= meta.last_log_id);
+            if older {
                 let _ = std::fs::remove_file(p);
             }
         }
     }
+    true
 }
 
 pub struct SnapshotBuilder {
@@ -214,7 +292,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(snapshot_io_err)?;
         let store = self.store.clone();
         let dir = self.snap_dir.clone();
-        let path = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+        let built = tokio::task::spawn_blocking(move || -> std::io::Result<Option<PathBuf>> {
             let name = format!("{}.snap", meta.snapshot_id);
             let tmp = dir.join(format!("{name}.tmp"));
             let path = dir.join(name);
@@ -222,7 +300,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let meta_bytes = bincode::serialize(&meta).map_err(std::io::Error::other)?;
             f.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
             f.write_all(&meta_bytes)?;
-            snapshot.write_to(&mut f).map_err(std::io::Error::other)?;
+            match snapshot.write_to(&mut f) {
+                Ok(()) => {}
+                // A snapshot from the leader replaced the store while this
+                // one was being written: that one is newer.
+                Err(mvcc::StorageError::SnapshotSuperseded) => {
+                    drop(f);
+                    let _ = std::fs::remove_file(&tmp);
+                    return Ok(None);
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
             let f = f.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -230,19 +318,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // The WAL will be purged up to this snapshot: the store must hold
             // at least as much durably before that happens.
             store.flush().map_err(std::io::Error::other)?;
-            Ok(path)
+            Ok(Some(path))
         })
         .await
         .map_err(snapshot_io_err)?
         .map_err(snapshot_io_err)?;
-        remove_older_snapshots(&self.snap_dir, &path);
-        *self.current.lock().unwrap() = Some((self.meta.clone(), path.clone()));
-        tracing::info!(snapshot = %self.meta, "built snapshot");
+        let published = built
+            .is_some_and(|path| publish_snapshot(&self.current, &self.snap_dir, &self.meta, &path));
+        if published {
+            tracing::info!(snapshot = %self.meta, "built snapshot");
+        } else {
+            tracing::info!(snapshot = %self.meta, "built snapshot superseded by a newer one");
+        }
+        // Report the current snapshot: this one, or the newer one installed
+        // meanwhile (openraft treats a build error as fatal).
+        let current = self.current.lock().unwrap().clone();
+        let (meta, path) = current
+            .ok_or_else(|| std::io::Error::other("no snapshot after a build"))
+            .map_err(snapshot_io_err)?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(snapshot_io_err)?;
         Ok(Snapshot {
-            meta: self.meta.clone(),
+            meta,
             snapshot: Box::new(file),
         })
     }
@@ -269,7 +367,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(req) => {
                     let resp = Self::apply_request(&mut a, entry.log_id, req)?;
-                    events.extend(LeaseEvent::of(req, &resp));
+                    LeaseEvent::collect(req, &resp, &mut events);
                     resp
                 }
                 EntryPayload::Membership(m) => {
@@ -283,7 +381,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         a.set_applied_meta(meta);
         // An I/O failure here stops this member (openraft treats a storage
         // error as fatal) rather than letting it diverge from the others.
-        a.commit()
+        let changes = a
+            .commit()
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         if let Some(lessor) = &self.lessor {
             for ev in events {
@@ -292,6 +391,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(last) = self.applied.last_applied {
                 lessor.applied_term(last.leader_id.term);
             }
+        }
+        if let Some(hub) = &self.watch {
+            hub.publish(changes); // non-blocking: apply never waits for watchers
         }
         Ok(out)
     }
@@ -335,22 +437,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let mut file = snapshot.into_std().await;
+        let file = snapshot.into_std().await;
         let store = self.store.clone();
         let dir = self.snap_dir.clone();
         let meta_c = meta.clone();
+        // Make the received file durable under its final name first: if we
+        // crash during the install, `open` reinstalls from it.
         let path = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
             file.sync_all()?;
-            file.seek(SeekFrom::Start(0))?;
-            let mut r = std::io::BufReader::new(&mut file);
-            let _sender_meta = read_meta(&mut r)?;
-            store
-                .install_snapshot(&mut r)
-                .map_err(std::io::Error::other)?;
-            drop(r);
+            drop(file);
             let path = dir.join(format!("{}.snap", meta_c.snapshot_id));
             std::fs::rename(dir.join("receiving.tmp"), &path)?;
             fsync_dir(&dir)?;
+            let mut r = std::io::BufReader::new(std::fs::File::open(&path)?);
+            let sent = read_meta(&mut r)?;
+            if sent.last_log_id != meta_c.last_log_id {
+                return Err(std::io::Error::other(format!(
+                    "received snapshot is for {:?}, expected {:?}",
+                    sent.last_log_id, meta_c.last_log_id
+                )));
+            }
+            store
+                .install_snapshot(&mut r)
+                .map_err(std::io::Error::other)?;
             Ok(path)
         })
         .await
@@ -370,8 +479,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store
             .flush()
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        remove_older_snapshots(&self.snap_dir, &path);
-        *self.current.lock().unwrap() = Some((meta.clone(), path));
+        publish_snapshot(&self.current, &self.snap_dir, meta, &path);
+        if let Some(hub) = &self.watch {
+            hub.restored(self.store.current_revision());
+        }
         if let Some(lessor) = &self.lessor {
             lessor.recover(self.store.lease_records());
             if let Some(last) = meta.last_log_id {

@@ -66,6 +66,27 @@ pub enum Request {
     LeaseRevoke(LeaseRevokeRequest),
     /// The leader's record of remaining TTLs (see `crate::lease`).
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// Client requests proposed together as one log entry (group commit of
+    /// proposals: one append, one fsync, one apply batch). Applied in order,
+    /// each with its own revision, exactly as if proposed one by one.
+    Batch(Vec<Request>),
+}
+
+impl Request {
+    /// The request's size as etcd measures it against `--max-request-bytes`.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message;
+        match self {
+            Request::Put(r) => r.encoded_len(),
+            Request::DeleteRange(r) => r.encoded_len(),
+            Request::Txn(r) => r.encoded_len(),
+            Request::Compaction(r) => r.encoded_len(),
+            Request::LeaseGrant(r) => r.encoded_len(),
+            Request::LeaseRevoke(r) => r.encoded_len(),
+            Request::LeaseCheckpoint(r) => r.encoded_len(),
+            Request::Batch(reqs) => reqs.iter().map(Request::encoded_len).sum(),
+        }
+    }
 }
 
 /// The outcome of applying one [`Request`].
@@ -78,6 +99,8 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
+    /// The responses to a [`Request::Batch`], in order.
+    Batch(Vec<Response>),
     /// A request the state machine rejected; it changed nothing.
     Rejected(ApplyError),
     /// A blank or membership entry: no client waits for it.

@@ -564,7 +564,17 @@ impl Writer {
                 }
             }
             if result.is_ok() {
-                result = self.flush().and_then(|_| self.sync_if_dirty());
+                // Only a batch someone waits on (appends, votes, truncates,
+                // purges) pays for an fsync. A lone committed-index record
+                // is written and rides along with the next fsync: losing it
+                // in a crash only means re-learning the commit from peers.
+                result = self.flush().and_then(|_| {
+                    if waiters.is_empty() {
+                        Ok(())
+                    } else {
+                        self.sync_if_dirty()
+                    }
+                });
             }
             if let Err(e) = &result {
                 tracing::error!(error = %e, "wal writer failed; the log refuses further writes");

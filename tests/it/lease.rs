@@ -6,8 +6,8 @@
 //! surviving a leader kill; an unrefreshed lease expiring once after the
 //! leader is killed) need the many-member transport and land with it.
 //!
-//! Expiry is observed by polling Range (every 20 ms) until the Watch service
-//! lands; `kube_pattern_watch_sees_each_delete` holds the watch variant.
+//! Expiry is observed by polling Range (every 20 ms), and by a watcher in
+//! `kube_pattern_watch_sees_each_delete_with_prev_kv`.
 
 use std::time::{Duration, Instant};
 
@@ -327,7 +327,6 @@ async fn put_many(srv: &TestServer, lease: i64, n: usize) {
 /// The watch half of kube-apiserver's pattern: a watcher with prev_kv sees
 /// every expiry DELETE, all at one revision, each with its previous value.
 #[tokio::test]
-#[ignore = "needs the Watch service (its own issue); passes against etcd"]
 async fn kube_pattern_watch_sees_each_delete_with_prev_kv() {
     const N: usize = 200;
     let srv = TestServer::start().await;

@@ -4,6 +4,7 @@
 //! `OXCD_TEST_TARGET=etcd cargo test --test it` runs the same suite against
 //! the reference etcd 3.5; every expectation here was checked that way first.
 
+mod cluster;
 mod durability;
 mod errors;
 mod etcdctl;
@@ -11,3 +12,4 @@ mod kv;
 mod lease;
 mod support;
 mod tls;
+mod watch;

@@ -512,3 +512,586 @@ pub fn b64(v: &serde_json::Value) -> Vec<u8> {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+// ---------------------------------------------------------------- clusters
+// `TestCluster`: n real server processes (n = 1, 3 or 5) on loopback, started
+// with etcd's static-bootstrap flags, so the same test body runs against a
+// one-, three- or five-member cluster of oxcd or of etcd.
+
+/// Raft timing for test clusters: fast elections, as etcd allows.
+pub const HEARTBEAT_MS: u64 = 50;
+pub const ELECTION_MS: u64 = 500;
+/// How long a cluster may take to elect a leader and serve a linearizable read.
+pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERMed member may take to exit before it gets SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A token unique to this process and call, so members of two tests never
+/// accept each other (`--initial-cluster-token`).
+fn unique_token() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "oxcd-it-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// `2n` distinct free loopback ports, all held at once while picking.
+fn free_port_pairs(n: usize) -> Vec<(u16, u16)> {
+    let ls: Vec<TcpListener> = (0..2 * n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    ports.chunks(2).map(|c| (c[0], c[1])).collect()
+}
+
+fn send_signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// One member of a `TestCluster`: a process that can be killed, stopped,
+/// paused and started again on the same data dir and ports.
+pub struct Member {
+    pub index: usize,
+    name: String,
+    /// `<cluster dir>/m{i}`: data dir and one log file per start.
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    /// `m0=http://127.0.0.1:P0,...`, the same string on every member.
+    initial_cluster: String,
+    token: String,
+    args: Vec<String>,
+    bin: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+    paused: bool,
+}
+
+impl Member {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `http://127.0.0.1:P`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("server.{}.log", self.starts))
+    }
+
+    /// Is the process running (possibly paused)?
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => c.try_wait().unwrap().is_none(),
+        }
+    }
+
+    /// The output of every start of this member so far, oldest first, the
+    /// tail of each (keeps panics readable).
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for s in 1..=self.starts {
+            let mut text = String::new();
+            if let Ok(mut f) = std::fs::File::open(self.dir.join(format!("server.{s}.log"))) {
+                let _ = f.read_to_string(&mut text);
+            }
+            if text.len() > 6000 {
+                let mut cut = text.len() - 6000;
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                text = format!("...{}", &text[cut..]);
+            }
+            all.push_str(&format!("--- {} start {s} ---\n{text}\n", self.name));
+        }
+        all
+    }
+
+    /// The whole output of the current start (for log assertions).
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the process (same data dir, ports and flags as before). Does not
+    /// wait: a lone member of a three-member cluster cannot serve yet.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        // A predecessor's sockets are closed once it is reaped; wait (bounded)
+        // in case the kernel still holds the port.
+        for _ in 0..100 {
+            if TcpListener::bind(("127.0.0.1", self.client_port)).is_ok()
+                && TcpListener::bind(("127.0.0.1", self.peer_port)).is_ok()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.starts += 1;
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let child = Command::new(&self.bin)
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &self.endpoint()])
+            .args(["--advertise-client-urls", &self.endpoint()])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ELECTION_MS.to_string()])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        self.paused = false;
+    }
+
+    /// SIGKILL: no chance to flush anything or to tell the peers.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.paused = false;
+    }
+
+    /// SIGTERM and wait for the exit (SIGKILL after `STOP_TIMEOUT`).
+    pub fn stop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        send_signal(c.id(), "TERM");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if c.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{} ignored SIGTERM for {STOP_TIMEOUT:?}; SIGKILL",
+            self.name
+        );
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// kill -9 (if running), then start again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing.
+    pub fn pause(&mut self) {
+        if let Some(c) = &self.child {
+            send_signal(c.id(), "STOP");
+            self.paused = true;
+        }
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&mut self) {
+        if let Some(c) = &self.child {
+            send_signal(c.id(), "CONT");
+            self.paused = false;
+        }
+    }
+
+    /// An etcd-client connection to this member only (requests time out
+    /// after 10 s).
+    pub async fn try_client(&self) -> Result<Client, etcd_client::Error> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(10));
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            Client::connect([self.endpoint()], Some(opts)),
+        )
+        .await
+        .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("connect timed out".into())))
+    }
+
+    pub async fn client(&self) -> Client {
+        self.try_client()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.endpoint(), self.logs()))
+    }
+
+    /// Maintenance Status of this member, bounded to 2 s.
+    pub async fn status(&self) -> Result<etcd_client::StatusResponse, String> {
+        let mut c = self.try_client().await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(2), c.status()).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("status timed out".into()),
+        }
+    }
+
+    /// Waits until this member serves a linearizable read (it has a leader
+    /// and has applied up to the read index).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut last_err = String::from("never tried");
+        for _attempt in 0..1000 {
+            if Instant::now() > deadline {
+                break;
+            }
+            if !self.is_running() {
+                return Err(format!(
+                    "{} is not running (exited during startup?)\n{}",
+                    self.name,
+                    self.logs()
+                ));
+            }
+            match self.try_client().await {
+                Ok(mut c) => match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    c.get("oxcd-it-readiness-probe", None),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => last_err = e.to_string(),
+                    Err(_) => last_err = "get timed out".into(),
+                },
+                Err(e) => last_err = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "{} not ready after {timeout:?} (last error: {last_err})\n{}",
+            self.name,
+            self.logs()
+        ))
+    }
+
+    /// Runs etcdctl against this member only.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl_at(&self.endpoint(), args)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+        self.kill9();
+    }
+}
+
+/// Runs etcdctl with `--endpoints=<endpoints>` (comma-separated).
+pub fn etcdctl_at(endpoints: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(etcdctl_bin());
+    cmd.arg(format!("--endpoints={endpoints}"))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_bounded(cmd, "", ETCDCTL_TIMEOUT)
+}
+
+/// A cluster of real server processes on loopback. Every member is killed
+/// on drop; the directory (data and logs) is removed unless the test
+/// panicked, when its path is printed.
+pub struct TestCluster {
+    members: Vec<Member>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestCluster {
+    /// `n` members with the harness's flags; waits until every member
+    /// serves a linearizable read.
+    pub async fn start(n: usize) -> TestCluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like `start`, with extra server flags on every member.
+    pub async fn start_with(n: usize, args: &[&str]) -> TestCluster {
+        assert!(n >= 1 && n % 2 == 1, "odd-sized clusters only, not {n}");
+        // Ports are picked then released, so another process can take one
+        // before the member binds it: start over with new ports when that is
+        // why startup failed.
+        for attempt in 1..=3 {
+            let mut c = Self::spawn(n, args);
+            match c.wait_all_ready(CLUSTER_READY_TIMEOUT).await {
+                Ok(()) => return c,
+                Err(e)
+                    if attempt < 3
+                        && c.members
+                            .iter()
+                            .any(|m| m.full_log().contains("address already in use")) =>
+                {
+                    eprintln!(
+                        "port clash ({}), retrying with new ports",
+                        e.lines().next().unwrap_or("")
+                    );
+                }
+                Err(e) => panic!("cluster of {n} did not start: {e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(n: usize, args: &[&str]) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("oxcd-it-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let ports = free_port_pairs(n);
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = unique_token();
+        let bin = server_bin();
+        let mut members: Vec<Member> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client_port, peer_port))| Member {
+                index: i,
+                name: format!("m{i}"),
+                dir: dir.path().join(format!("m{i}")),
+                client_port,
+                peer_port,
+                initial_cluster: initial_cluster.clone(),
+                token: token.clone(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+                bin: bin.clone(),
+                child: None,
+                starts: 0,
+                paused: false,
+            })
+            .collect();
+        for m in &mut members {
+            m.start();
+        }
+        TestCluster {
+            members,
+            dir: Some(dir),
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn member(&self, i: usize) -> &Member {
+        &self.members[i]
+    }
+
+    pub fn member_mut(&mut self, i: usize) -> &mut Member {
+        &mut self.members[i]
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Indexes of the members whose process is running.
+    pub fn running(&mut self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect()
+    }
+
+    /// `a,b,c` for `etcdctl --endpoints`.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Member::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// etcdctl with `--endpoints=` every member.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl_at(&self.endpoints(), args)
+    }
+
+    /// Every member's logs (for panic messages).
+    pub fn logs(&self) -> String {
+        self.members.iter().map(Member::logs).collect()
+    }
+
+    /// Waits until every started member serves a linearizable read. A
+    /// member that exits meanwhile fails the wait at once, named with its
+    /// output (it is usually the cause of the others not being ready).
+    pub async fn wait_all_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        // Members stopped on purpose have no child and are not waited for.
+        let mut pending: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .collect();
+        let mut last_err = String::new();
+        for _round in 0..1000 {
+            let exited: Vec<usize> = (0..self.members.len())
+                .filter(|&i| {
+                    let m = &mut self.members[i];
+                    m.child.is_some() && !m.is_running()
+                })
+                .collect();
+            if let Some(&i) = exited.first() {
+                let m = &mut self.members[i];
+                let status = m.child.as_mut().unwrap().try_wait().unwrap();
+                return Err(format!(
+                    "{} exited ({status:?}) while the cluster was starting; exited: {:?}\n{}",
+                    m.name,
+                    exited.iter().map(|&j| format!("m{j}")).collect::<Vec<_>>(),
+                    m.logs()
+                ));
+            }
+            let mut still = Vec::new();
+            for &i in &pending {
+                match self.members[i].try_client().await {
+                    Ok(mut c) => match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        c.get("oxcd-it-readiness-probe", None),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => last_err = format!("m{i}: {e}"),
+                        Err(_) => last_err = format!("m{i}: get timed out"),
+                    },
+                    Err(e) => last_err = format!("m{i}: {e}"),
+                }
+                still.push(i);
+            }
+            pending = still;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "members {pending:?} not ready after {timeout:?} (last error: {last_err})\n{}",
+            self.logs()
+        ))
+    }
+
+    /// The leader as the running members see it right now: the index of the
+    /// member whose id equals the `leader` its own Status reports. `None` when
+    /// no running member claims to lead.
+    pub async fn leader(&mut self) -> Option<usize> {
+        for i in self.running() {
+            if let Ok(s) = self.members[i].status().await {
+                let id = s.header().map(|h| h.member_id()).unwrap_or(0);
+                if id != 0 && s.leader() == id {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until one running member leads and every other running member
+    /// (not paused) reports that same leader; returns its index.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> usize {
+        self.try_wait_for_leader(timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    pub async fn try_wait_for_leader(&mut self, timeout: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        for _attempt in 0..10_000 {
+            if Instant::now() > deadline {
+                break;
+            }
+            let live: Vec<usize> = self
+                .running()
+                .into_iter()
+                .filter(|&i| !self.members[i].paused)
+                .collect();
+            // (index, own id, leader id) per live member; ids 0 on error.
+            let mut seen = Vec::new();
+            for &i in &live {
+                match self.members[i].status().await {
+                    Ok(s) => seen.push((
+                        i,
+                        s.header().map(|h| h.member_id()).unwrap_or(0),
+                        s.leader(),
+                    )),
+                    Err(_) => seen.push((i, 0, 0)),
+                }
+            }
+            last = format!("{seen:?}");
+            let lead = seen.iter().find(|(_, id, l)| *id != 0 && id == l);
+            if let Some(&(li, lid, _)) = lead {
+                if seen.iter().all(|&(_, id, l)| id != 0 && l == lid) {
+                    return Ok(li);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "no agreed leader after {timeout:?}; last statuses (index, id, leader): {last}"
+        ))
+    }
+
+    /// Index of the member with this member id.
+    pub async fn index_of_id(&mut self, id: u64) -> Option<usize> {
+        for i in self.running() {
+            if let Ok(s) = self.members[i].status().await {
+                if s.header().map(|h| h.member_id()) == Some(id) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if m.paused {
+                m.resume();
+            }
+            m.kill9();
+        }
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                let p = d.keep();
+                eprintln!("cluster logs and data kept in {}", p.display());
+            }
+        }
+    }
+}

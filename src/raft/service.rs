@@ -1,0 +1,111 @@
+//! The peer transport, server side: the `Peer` gRPC service on the peer
+//! URLs. Raft RPCs are handed to openraft; forwarded writes and ReadIndex
+//! requests are served only by the leader.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::network::{ForwardError, ProposeResult, ReadIndexResult};
+use super::proposer::Proposer;
+use super::types::{Raft, Request as Write};
+use crate::proto::oxcdpeerpb::peer_server::Peer;
+use crate::proto::oxcdpeerpb::PeerMessage;
+use openraft::error::{CheckIsLeaderError, RaftError};
+
+pub struct PeerService {
+    raft: Raft,
+    proposer: Proposer,
+    cluster_id: u64,
+    member_id: u64,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft, proposer: Proposer, cluster_id: u64, member_id: u64) -> Self {
+        PeerService {
+            raft,
+            proposer,
+            cluster_id,
+            member_id,
+        }
+    }
+
+    /// Checks the sender belongs to this cluster and decodes its payload.
+    fn open<T: DeserializeOwned>(&self, req: Request<PeerMessage>) -> Result<T, Status> {
+        let msg = req.into_inner();
+        if msg.cluster_id != self.cluster_id {
+            tracing::warn!(
+                from = %format!("{:x}", msg.from),
+                remote_cluster_id = %format!("{:x}", msg.cluster_id),
+                local_cluster_id = %format!("{:x}", self.cluster_id),
+                "refusing a peer message from another cluster"
+            );
+            return Err(Status::failed_precondition(format!(
+                "request cluster ID mismatch (got {:x} want {:x})",
+                msg.cluster_id, self.cluster_id
+            )));
+        }
+        bincode::deserialize(&msg.data).map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    fn reply<T: Serialize>(&self, value: &T) -> Result<Response<PeerMessage>, Status> {
+        let data = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(PeerMessage {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            data,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let rpc = self.open(req)?;
+        self.reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let rpc = self.open(req)?;
+        self.reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let rpc = self.open(req)?;
+        self.reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let write: Write = self.open(req)?;
+        let is_leader = self.raft.metrics().borrow().current_leader == Some(self.member_id);
+        let result: ProposeResult = if !is_leader {
+            Err(ForwardError::NotLeader(
+                self.raft.metrics().borrow().current_leader,
+            ))
+        } else {
+            self.proposer.propose(write).await
+        };
+        self.reply(&result)
+    }
+
+    async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let () = self.open(req)?;
+        let result: ReadIndexResult = match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader(f.leader_id))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ForwardError::NotLeader(None))
+            }
+            Err(RaftError::Fatal(_)) => Err(ForwardError::Stopped),
+        };
+        self.reply(&result)
+    }
+}
