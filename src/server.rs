@@ -115,6 +115,7 @@ pub async fn serve(
     let sm = StateMachine::open(store.clone(), &data_dir.join("snap"))
         .context("open snapshots")?
         .with_watch_hub(hub.clone());
+    let directory = sm.directory();
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -138,6 +139,12 @@ pub async fn serve(
     .context("start raft")?;
 
     let proposer = Proposer::spawn(raft.clone());
+    tokio::spawn(crate::raft::check_quorum::run(
+        raft.clone(),
+        peers.clone(),
+        log_store.clone(),
+        config.election(),
+    ));
 
     // Peers must reach us before the first election, so the peer service
     // starts before anything waits for a leader.
@@ -170,9 +177,16 @@ pub async fn serve(
             bail!("--initial-cluster-state=existing needs a data dir that already holds a member");
         }
         tracing::info!(member_id = %format!("{:x}", boot.member_id), cluster_id = %format!("{:x}", boot.cluster_id), "bootstrapping a new cluster");
-        raft.initialize(boot.members.clone())
-            .await
-            .context("initialize the cluster")?;
+        match raft.initialize(boot.members.clone()).await {
+            Ok(()) => {}
+            // Another member's election reached us first: the cluster is
+            // forming through it, and its leader will replicate the same
+            // initial membership to us.
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(e),
+            )) => tracing::info!(reason = %e, "joining the cluster another member is forming"),
+            Err(e) => return Err(e).context("initialize the cluster"),
+        }
     } else if is_sole_voter(&raft, boot.member_id) {
         // A one-member cluster need not sit out an election timeout after a
         // restart: its own vote is the quorum.
@@ -185,6 +199,7 @@ pub async fn serve(
         peers,
         proposer,
         store: store.clone(),
+        directory,
         log: log_store,
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
@@ -194,6 +209,13 @@ pub async fn serve(
         quota_bytes: config.quota_bytes(),
         request_timeout: Duration::from_secs(5) + config.election() * 2,
     };
+    // As etcd: clients are served once this member's attributes are in
+    // the cluster's state (immediately after a restart, when they already
+    // are), so no client ever sees this member unpublished.
+    let own = &boot.members[&boot.member_id];
+    ctx.clone()
+        .publish(own.name.clone(), own.client_urls.clone())
+        .await;
     // Room past the receive limit so that `Context::check_received` answers
     // oversized messages with grpc-go's status, as etcd does.
     let max_msg = ctx.max_recv_bytes.saturating_mul(4);
