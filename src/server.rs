@@ -121,7 +121,11 @@ pub async fn serve(
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval,
         election_timeout_min: config.election_timeout,
-        election_timeout_max: config.election_timeout * 2,
+        // openraft's followers refuse votes for `election_timeout_max` after
+        // hearing from a leader (its leader lease), so no campaign can win
+        // before then: a narrow window (etcd randomizes over [1, 2) x the
+        // timeout) keeps failover near two election timeouts, not three.
+        election_timeout_max: config.election_timeout + config.election_timeout / 4,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: config.experimental_snapshot_catchup_entries,
         ..Default::default()
