@@ -54,6 +54,10 @@ pub enum Error {
     Stopped,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// What etcd passes through when a write waited its whole request
+    /// timeout without any leader: raft's own context error, gRPC Unknown.
+    #[error("context deadline exceeded")]
+    DeadlineExceeded,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
     #[error("etcdserver: corrupt cluster")]

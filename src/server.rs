@@ -121,12 +121,17 @@ pub async fn serve(
         .context("open snapshots")?
         .with_watch_hub(hub.clone())
         .with_lessor(lessor.clone());
+    let directory = sm.directory();
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
         heartbeat_interval: config.heartbeat_interval,
         election_timeout_min: config.election_timeout,
-        election_timeout_max: config.election_timeout * 2,
+        // openraft's followers refuse votes for `election_timeout_max` after
+        // hearing from a leader (its leader lease), so no campaign can win
+        // before then: a narrow window (etcd randomizes over [1, 2) x the
+        // timeout) keeps failover near two election timeouts, not three.
+        election_timeout_max: config.election_timeout + config.election_timeout / 4,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: config.experimental_snapshot_catchup_entries,
         ..Default::default()
@@ -144,6 +149,12 @@ pub async fn serve(
     .context("start raft")?;
 
     let proposer = Proposer::spawn(raft.clone());
+    tokio::spawn(crate::raft::check_quorum::run(
+        raft.clone(),
+        peers.clone(),
+        log_store.clone(),
+        config.election(),
+    ));
 
     // Peers must reach us before the first election, so the peer service
     // starts before anything waits for a leader.
@@ -176,9 +187,16 @@ pub async fn serve(
             bail!("--initial-cluster-state=existing needs a data dir that already holds a member");
         }
         tracing::info!(member_id = %format!("{:x}", boot.member_id), cluster_id = %format!("{:x}", boot.cluster_id), "bootstrapping a new cluster");
-        raft.initialize(boot.members.clone())
-            .await
-            .context("initialize the cluster")?;
+        match raft.initialize(boot.members.clone()).await {
+            Ok(()) => {}
+            // Another member's election reached us first: the cluster is
+            // forming through it, and its leader will replicate the same
+            // initial membership to us.
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(e),
+            )) => tracing::info!(reason = %e, "joining the cluster another member is forming"),
+            Err(e) => return Err(e).context("initialize the cluster"),
+        }
     } else if is_sole_voter(&raft, boot.member_id) {
         // A one-member cluster need not sit out an election timeout after a
         // restart: its own vote is the quorum.
@@ -192,6 +210,7 @@ pub async fn serve(
         proposer,
         store: store.clone(),
         lessor: lessor.clone(),
+        directory,
         log: log_store,
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
@@ -201,6 +220,13 @@ pub async fn serve(
         quota_bytes: config.quota_bytes(),
         request_timeout: Duration::from_secs(5) + config.election() * 2,
     };
+    // As etcd: clients are served once this member's attributes are in
+    // the cluster's state (immediately after a restart, when they already
+    // are), so no client ever sees this member unpublished.
+    let own = &boot.members[&boot.member_id];
+    ctx.clone()
+        .publish(own.name.clone(), own.client_urls.clone())
+        .await;
     // Room past the receive limit so that `Context::check_received` answers
     // oversized messages with grpc-go's status, as etcd does.
     let max_msg = ctx.max_recv_bytes.saturating_mul(4);

@@ -21,14 +21,20 @@ impl ClusterService {
         let m = self.ctx.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
+        let published = self.ctx.directory.read().unwrap();
         membership
             .nodes()
-            .map(|(id, node)| Member {
-                id: *id,
-                name: node.name.clone(),
-                peer_ur_ls: node.peer_urls.clone(),
-                client_ur_ls: node.client_urls.clone(),
-                is_learner: !voters.contains(id),
+            .map(|(id, node)| {
+                // As in etcd, a member that has not published yet shows no
+                // name and no client URLs.
+                let attrs = published.get(id);
+                Member {
+                    id: *id,
+                    name: attrs.map(|a| a.name.clone()).unwrap_or_default(),
+                    peer_ur_ls: node.peer_urls.clone(),
+                    client_ur_ls: attrs.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
             })
             .collect()
     }

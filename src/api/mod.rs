@@ -26,7 +26,9 @@ use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{ForwardError, Peers};
 use crate::raft::proposer::Proposer;
-use crate::raft::types::{Member, MemberId, Raft, Request, Response, TypeConfig};
+use crate::raft::types::{
+    Member, MemberAttributes, MemberDirectory, MemberId, Raft, Request, Response, TypeConfig,
+};
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -42,6 +44,8 @@ pub struct Context {
     pub store: Store,
     /// Lease deadlines and keepalives (see `crate::lease`).
     pub lessor: Lessor,
+    /// Members' published names and client URLs.
+    pub directory: MemberDirectory,
     /// The Raft log, read for Status's committed index.
     pub log: LogStore<TypeConfig>,
     pub cluster_id: u64,
@@ -100,7 +104,12 @@ impl Context {
         }
         let deadline = Instant::now() + self.request_timeout;
         loop {
-            let (leader, node) = self.wait_for_leader(deadline).await?;
+            // etcd's proposal waits in raft for a leader and, if none comes,
+            // fails with raft's raw context error.
+            let (leader, node) = match self.wait_for_leader(deadline).await {
+                Err(Error::Timeout) => return Err(Error::DeadlineExceeded),
+                other => other?,
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if leader == self.member_id {
                 let write = self.proposer.propose(req);
@@ -136,6 +145,36 @@ impl Context {
                     });
                 }
             }
+        }
+    }
+
+    /// etcd's publish: proposes this member's name and client URLs until
+    /// they are applied, retrying while there is no leader. Runs in the
+    /// background from start-up.
+    pub async fn publish(self, name: String, client_urls: Vec<String>) {
+        let attrs = MemberAttributes {
+            member_id: self.member_id,
+            name,
+            client_urls,
+        };
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if self.directory.read().unwrap().get(&self.member_id) == Some(&attrs) {
+                return;
+            }
+            match self.propose(Request::Publish(attrs.clone())).await {
+                Ok(_) => {
+                    tracing::info!(member_id = %format!("{:x}", self.member_id), "published member attributes")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "publishing member attributes failed; retrying")
+                }
+            }
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 

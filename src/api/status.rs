@@ -26,7 +26,7 @@ pub fn to_status(e: Error) -> Status {
         }
         Error::Corrupt => Code::DataLoss,
         Error::Unimplemented(_) => Code::Unimplemented,
-        Error::Internal(_) => Code::Unknown,
+        Error::Internal(_) | Error::DeadlineExceeded => Code::Unknown,
     };
     Status::new(code, e.to_string())
 }

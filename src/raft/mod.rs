@@ -1,6 +1,7 @@
 //! openraft glue: the type config, the WAL-backed log store, the MVCC state
 //! machine and the peer network.
 
+pub mod check_quorum;
 pub mod log_store;
 pub mod network;
 pub mod proposer;

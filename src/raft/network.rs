@@ -165,6 +165,7 @@ impl Peers {
             Method::InstallSnapshot => client.install_snapshot(request).await,
             Method::Propose => client.propose(request).await,
             Method::ReadIndex => client.read_index(request).await,
+            Method::Ping => client.ping(request).await,
         }
         .map_err(|s| PeerError::Rpc(target, s))?;
         bincode::deserialize(&answer.into_inner().data)
@@ -180,6 +181,16 @@ impl Peers {
         timeout: Duration,
     ) -> Result<ProposeResult, PeerError> {
         self.call(leader, node, Method::Propose, req, timeout).await
+    }
+
+    /// Asks a peer whom it follows.
+    pub async fn ping(
+        &self,
+        target: MemberId,
+        node: &Member,
+        timeout: Duration,
+    ) -> Result<Option<MemberId>, PeerError> {
+        self.call(target, node, Method::Ping, &(), timeout).await
     }
 
     /// Asks the leader for a ReadIndex.
@@ -201,6 +212,7 @@ enum Method {
     InstallSnapshot,
     Propose,
     ReadIndex,
+    Ping,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Peers {

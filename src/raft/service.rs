@@ -94,6 +94,12 @@ impl Peer for PeerService {
         self.reply(&result)
     }
 
+    async fn ping(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let () = self.open(req)?;
+        let leader: Option<u64> = self.raft.metrics().borrow().current_leader;
+        self.reply(&leader)
+    }
+
     async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let () = self.open(req)?;
         let result: ReadIndexResult = match self.raft.get_read_log_id().await {

@@ -16,16 +16,18 @@
 //! store is flushed before a snapshot is reported built, because openraft
 //! purges the WAL up to it.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    ApplyError, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    ApplyError, LogId, MemberAttributes, MemberDirectory, MemberId, Request, Response,
+    SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::lease::Lessor;
 use crate::mvcc::{self, Applier, Store};
@@ -36,6 +38,8 @@ use crate::watch::Hub;
 struct AppliedState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Members' published names and client URLs.
+    attributes: BTreeMap<MemberId, MemberAttributes>,
 }
 
 pub struct StateMachine {
@@ -48,6 +52,8 @@ pub struct StateMachine {
     lessor: Option<Lessor>,
     /// Watchers hear of each committed batch, after it is in sled.
     watch: Option<Hub>,
+    /// `applied.attributes`, readable by the Cluster API.
+    directory: MemberDirectory,
 }
 
 /// What the lessor hears from one applied entry, once its batch committed.
@@ -112,6 +118,7 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             snap_dir: snap_dir.to_path_buf(),
+            directory: Arc::new(RwLock::new(applied.attributes.clone())),
             applied,
             current: Arc::new(Mutex::new(current)),
             lessor: None,
@@ -142,6 +149,11 @@ impl StateMachine {
         }
         self.lessor = Some(lessor);
         self
+    }
+
+    /// Members' published attributes, kept current by apply.
+    pub fn directory(&self) -> MemberDirectory {
+        self.directory.clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -177,6 +189,7 @@ impl StateMachine {
     #[allow(clippy::result_large_err)] // openraft's StorageError, returned as is
     fn apply_request(
         a: &mut Applier<'_>,
+        attributes: &mut BTreeMap<MemberId, MemberAttributes>,
         log_id: LogId,
         req: &Request,
     ) -> Result<Response, StorageError> {
@@ -184,9 +197,13 @@ impl StateMachine {
             Request::Batch(reqs) => {
                 let mut out = Vec::with_capacity(reqs.len());
                 for r in reqs {
-                    out.push(Self::apply_request(a, log_id, r)?);
+                    out.push(Self::apply_request(a, attributes, log_id, r)?);
                 }
                 return Ok(Response::Batch(out));
+            }
+            Request::Publish(m) => {
+                attributes.insert(m.member_id, m.clone());
+                return Ok(Response::None);
             }
             Request::Put(r) => a.put(r).map(Response::Put),
             Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
@@ -366,7 +383,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.push(match &entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(req) => {
-                    let resp = Self::apply_request(&mut a, entry.log_id, req)?;
+                    let resp = Self::apply_request(
+                        &mut a,
+                        &mut self.applied.attributes,
+                        entry.log_id,
+                        req,
+                    )?;
                     LeaseEvent::collect(req, &resp, &mut events);
                     resp
                 }
@@ -394,6 +416,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if let Some(hub) = &self.watch {
             hub.publish(changes); // non-blocking: apply never waits for watchers
+        }
+        if *self.directory.read().unwrap() != self.applied.attributes {
+            *self.directory.write().unwrap() = self.applied.attributes.clone();
         }
         Ok(out)
     }
@@ -465,10 +490,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(snapshot_io_err)?
         .map_err(snapshot_io_err)?;
+        // The snapshot carries the sender's applied state (attributes
+        // included); the log position is the snapshot's by definition.
+        let installed = Self::read_applied(&self.store).map_err(snapshot_io_err)?;
         self.applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
+            attributes: installed.attributes,
         };
+        *self.directory.write().unwrap() = self.applied.attributes.clone();
         let mut a = self.store.begin_apply();
         a.set_applied_meta(
             bincode::serialize(&self.applied)

@@ -52,6 +52,18 @@ impl fmt::Display for Member {
     }
 }
 
+/// What a member publishes about itself through the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttributes {
+    pub member_id: MemberId,
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// Published attributes by member, as applied; shared with the Cluster API.
+pub type MemberDirectory =
+    std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<MemberId, MemberAttributes>>>;
+
 /// A write request replicated through the log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
@@ -66,6 +78,9 @@ pub enum Request {
     LeaseRevoke(LeaseRevokeRequest),
     /// The leader's record of remaining TTLs (see `crate::lease`).
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// A member announces its name and client URLs (etcd's "publish"), so
+    /// that every member's MemberList shows them.
+    Publish(MemberAttributes),
     /// Client requests proposed together as one log entry (group commit of
     /// proposals: one append, one fsync, one apply batch). Applied in order,
     /// each with its own revision, exactly as if proposed one by one.
@@ -85,6 +100,9 @@ impl Request {
             Request::LeaseRevoke(r) => r.encoded_len(),
             Request::LeaseCheckpoint(r) => r.encoded_len(),
             Request::Batch(reqs) => reqs.iter().map(Request::encoded_len).sum(),
+            Request::Publish(m) => {
+                m.name.len() + m.client_urls.iter().map(String::len).sum::<usize>()
+            }
         }
     }
 }

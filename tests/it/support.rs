@@ -287,18 +287,9 @@ impl TestServer {
             if Instant::now() > deadline {
                 break;
             }
-            match self.try_client().await {
-                Ok(mut c) => match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    c.get("oxcd-it-readiness-probe", None),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => return Ok(()),
-                    Ok(Err(e)) => last_err = e.to_string(),
-                    Err(_) => last_err = "get timed out".into(),
-                },
-                Err(e) => last_err = e.to_string(),
+            match probe_ready(self.try_client().await).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -319,18 +310,7 @@ impl TestServer {
         &self,
         tls: Option<TlsOptions>,
     ) -> Result<Client, etcd_client::Error> {
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(10));
-        if let Some(tls) = tls {
-            opts = opts.with_tls(tls);
-        }
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            Client::connect([self.endpoint()], Some(opts)),
-        )
-        .await
-        .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("connect timed out".into())))
+        connect(self.endpoint(), tls).await
     }
 
     /// A fresh etcd-client connection (requests time out after 10 s).
@@ -727,15 +707,7 @@ impl Member {
     /// An etcd-client connection to this member only (requests time out
     /// after 10 s).
     pub async fn try_client(&self) -> Result<Client, etcd_client::Error> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(10));
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            Client::connect([self.endpoint()], Some(opts)),
-        )
-        .await
-        .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("connect timed out".into())))
+        connect(self.endpoint(), None).await
     }
 
     pub async fn client(&self) -> Client {
@@ -770,18 +742,9 @@ impl Member {
                     self.logs()
                 ));
             }
-            match self.try_client().await {
-                Ok(mut c) => match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    c.get("oxcd-it-readiness-probe", None),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => return Ok(()),
-                    Ok(Err(e)) => last_err = e.to_string(),
-                    Err(_) => last_err = "get timed out".into(),
-                },
-                Err(e) => last_err = e.to_string(),
+            match probe_ready(self.try_client().await).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1093,5 +1056,37 @@ impl Drop for TestCluster {
                 eprintln!("cluster logs and data kept in {}", p.display());
             }
         }
+    }
+}
+
+/// An etcd-client connection to `endpoint` (connect bounded to 3 s;
+/// requests time out after 10 s), with TLS when given.
+async fn connect(endpoint: String, tls: Option<TlsOptions>) -> Result<Client, etcd_client::Error> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        opts = opts.with_tls(tls);
+    }
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        Client::connect([endpoint], Some(opts)),
+    )
+    .await
+    .unwrap_or_else(|_| Err(etcd_client::Error::InvalidArgs("connect timed out".into())))
+}
+
+/// One readiness probe: a server is ready once a Range through it succeeds.
+async fn probe_ready(client: Result<Client, etcd_client::Error>) -> Result<(), String> {
+    let mut c = client.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        c.get("oxcd-it-readiness-probe", None),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("get timed out".into()),
     }
 }
