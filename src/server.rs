@@ -149,6 +149,7 @@ pub async fn serve(
     .context("start raft")?;
 
     let proposer = Proposer::spawn(raft.clone());
+    let api_cell = Arc::new(std::sync::OnceLock::new());
     tokio::spawn(crate::raft::check_quorum::run(
         raft.clone(),
         peers.clone(),
@@ -166,6 +167,7 @@ pub async fn serve(
         let service = PeerServer::new(PeerService::new(
             raft.clone(),
             proposer.clone(),
+            api_cell.clone(),
             boot.cluster_id,
             boot.member_id,
         ))
@@ -220,6 +222,7 @@ pub async fn serve(
         quota_bytes: config.quota_bytes(),
         request_timeout: Duration::from_secs(5) + config.election() * 2,
     };
+    let _ = api_cell.set(ctx.clone());
     // As etcd: clients are served once this member's attributes are in
     // the cluster's state (immediately after a restart, when they already
     // are), so no client ever sees this member unpublished.

@@ -4,13 +4,12 @@
 //! Grant and revoke are proposed through Raft like any write. Keepalives
 //! and TimeToLive need the deadlines, which only the leader's (primary)
 //! lessor holds: this member answers them when it is the primary, waits a
-//! moment when it is a leader about to be promoted, and otherwise hands
-//! them to [`forward_to_leader`] — the seam where the peer transport will
-//! forward to the leader, as etcd forwards over its peer HTTP.
+//! moment when it is a leader about to be promoted, and otherwise forwards
+//! them to the leader over the peer transport, as etcd does.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -28,7 +27,8 @@ use crate::proto::etcdserverpb::{
     LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
-use crate::raft::types::{Request as Write, Response as Applied};
+use crate::raft::network::{ForwardError, PeerError};
+use crate::raft::types::{Member, Request as Write, Response as Applied};
 
 type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
@@ -52,15 +52,100 @@ fn mismatch() -> Status {
     Status::internal("oxcd: state machine answered with the wrong response type")
 }
 
-/// What a keepalive or TimeToLive does when this member is not the leader.
-/// etcd forwards it to the leader over the peer transport; until oxcd's
-/// peer transport carries it, the client is told to go to the leader.
-async fn forward_to_leader(_ctx: &Context) -> Result<(), Error> {
-    Err(Error::NotLeader)
+/// Runs a lease call where the deadlines are: on this member when it leads
+/// (`call(None, ..)`), else forwarded to the leader (`call(Some(leader), ..)`),
+/// as etcd forwards keepalives and TimeToLive over its peer transport.
+/// Retries while leadership moves, up to etcd's request timeout.
+async fn anywhere<T, F, Fut>(ctx: &Context, call: F) -> Result<T, Error>
+where
+    F: Fn(Option<u64>, Member, Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<Result<Result<T, ForwardError>, PeerError>, Error>>,
+{
+    let deadline = Instant::now() + ctx.request_timeout;
+    loop {
+        let (leader, node) = ctx.wait_for_leader(deadline.into_std()).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let target = (leader != ctx.member_id).then_some(leader);
+        match call(target, node, remaining).await {
+            Ok(Ok(Ok(v))) => return Ok(v),
+            // Leadership moved under us: find the new leader and retry.
+            Err(Error::NotLeader) | Ok(Ok(Err(_))) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "forwarding a lease call failed"),
+            Err(e) => return Err(e),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leader's side of a forwarded keepalive: the granted TTL, 0 for an
+/// unknown lease.
+pub(crate) async fn renew_here(ctx: &Context, id: i64) -> Result<i64, ForwardError> {
+    if ctx.raft.metrics().borrow().current_leader != Some(ctx.member_id) {
+        return Err(ForwardError::NotLeader(
+            ctx.raft.metrics().borrow().current_leader,
+        ));
+    }
+    match renew(ctx, id).await {
+        Ok(ttl) => Ok(ttl),
+        Err(Error::LeaseNotFound) => Ok(0),
+        Err(Error::NotLeader) => Err(ForwardError::NotLeader(None)),
+        Err(_) => Err(ForwardError::LeaderChanged),
+    }
+}
+
+/// The leader's side of a forwarded LeaseTimeToLive (no header).
+pub(crate) async fn time_to_live_here(
+    ctx: &Context,
+    r: &LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, ForwardError> {
+    if ctx.raft.metrics().borrow().current_leader != Some(ctx.member_id) {
+        return Err(ForwardError::NotLeader(
+            ctx.raft.metrics().borrow().current_leader,
+        ));
+    }
+    time_to_live_local(ctx, r).await.map_err(|e| match e {
+        Error::NotLeader => ForwardError::NotLeader(None),
+        _ => ForwardError::LeaderChanged,
+    })
+}
+
+/// LeaseTimeToLive from this member's (primary) lessor; no header.
+async fn time_to_live_local(
+    ctx: &Context,
+    r: &LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Error> {
+    let deadline = Instant::now() + ctx.request_timeout;
+    wait_primary(ctx, deadline).await?;
+    Ok(match ctx.lessor.time_to_live(r.id) {
+        // etcd answers an unknown (or already revoked) lease with TTL -1.
+        None => LeaseTimeToLiveResponse {
+            id: r.id,
+            ttl: -1,
+            ..Default::default()
+        },
+        Some((left, granted)) => {
+            let keys = if r.keys {
+                ctx.store.lease(r.id).map(|l| l.keys).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            LeaseTimeToLiveResponse {
+                header: None,
+                id: r.id,
+                // Go's int64(Duration.Seconds()): truncated toward zero.
+                ttl: left.map_or(i64::MAX, |s| s.trunc() as i64),
+                granted_ttl: granted,
+                keys,
+            }
+        }
+    })
 }
 
 /// Waits until this member's lessor is primary. A member that is not the
-/// leader gets [`forward_to_leader`]'s answer.
+/// leader gets `NotLeader` (the caller forwards).
 async fn wait_primary(ctx: &Context, deadline: Instant) -> Result<(), Error> {
     let mut changed = ctx.lessor.subscribe();
     loop {
@@ -69,7 +154,7 @@ async fn wait_primary(ctx: &Context, deadline: Instant) -> Result<(), Error> {
             return Ok(());
         }
         if ctx.raft.metrics().borrow().current_leader != Some(ctx.member_id) {
-            forward_to_leader(ctx).await?;
+            return Err(Error::NotLeader);
         }
         if tokio::time::timeout_at(deadline, changed.changed())
             .await
@@ -182,9 +267,22 @@ impl Lease for LeaseService {
                 // etcd takes the header before renewing, so the revision is
                 // never past one at which the lease was revoked.
                 let header = Some(ctx.header(ctx.store.current_revision()));
-                let ttl = match renew(&ctx, r.id).await {
+                let id = r.id;
+                let renewed = anywhere(&ctx, |leader, node, remaining| {
+                    let ctx = ctx.clone();
+                    async move {
+                        match leader {
+                            None => match renew(&ctx, id).await {
+                                Err(Error::LeaseNotFound) => Ok(Ok(Ok(0))),
+                                other => other.map(|ttl| Ok(Ok(ttl))),
+                            },
+                            Some(l) => Ok(ctx.peers.lease_renew(l, &node, id, remaining).await),
+                        }
+                    }
+                })
+                .await;
+                let ttl = match renewed {
                     Ok(ttl) => ttl,
-                    Err(Error::LeaseNotFound) => 0,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
@@ -208,37 +306,17 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        let deadline = Instant::now() + self.ctx.request_timeout;
-        wait_primary(&self.ctx, deadline).await?;
-        let header = Some(self.ctx.header(self.ctx.store.current_revision()));
-        let resp = match self.ctx.lessor.time_to_live(r.id) {
-            // etcd answers an unknown (or already revoked) lease with TTL -1.
-            None => LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: -1,
-                ..Default::default()
-            },
-            Some((left, granted)) => {
-                let keys = if r.keys {
-                    self.ctx
-                        .store
-                        .lease(r.id)
-                        .map(|l| l.keys)
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                LeaseTimeToLiveResponse {
-                    header,
-                    id: r.id,
-                    // Go's int64(Duration.Seconds()): truncated toward zero.
-                    ttl: left.map_or(i64::MAX, |s| s.trunc() as i64),
-                    granted_ttl: granted,
-                    keys,
+        let mut resp = anywhere(&self.ctx, |leader, node, remaining| {
+            let (ctx, r) = (self.ctx.clone(), r.clone());
+            async move {
+                match leader {
+                    None => time_to_live_local(&ctx, &r).await.map(|v| Ok(Ok(v))),
+                    Some(l) => Ok(ctx.peers.lease_time_to_live(l, &node, &r, remaining).await),
                 }
             }
-        };
+        })
+        .await?;
+        resp.header = Some(self.ctx.header(self.ctx.store.current_revision()));
         Ok(Response::new(resp))
     }
 

@@ -214,7 +214,10 @@ impl Context {
     }
 
     /// The current leader and its member record, waiting for one to be known.
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<(MemberId, Member), Error> {
+    pub(crate) async fn wait_for_leader(
+        &self,
+        deadline: Instant,
+    ) -> Result<(MemberId, Member), Error> {
         let mut metrics = self.raft.metrics();
         let known = tokio::time::timeout_at(
             deadline.into(),
