@@ -1148,3 +1148,154 @@ async fn leader_failover_time_3() {
         to_write[KILLS / 2]
     );
 }
+
+// ------------------------------------------------------- leases on failover
+
+/// Polls a prefix through `c` until it is empty or `limit` passes; returns
+/// the time it took, or `None` if keys were still there.
+async fn gone_within(c: &mut Client, prefix: &str, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    for _ in 0..10_000 {
+        if let Ok(r) = c
+            .get(
+                prefix,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_count_only()
+                        .with_serializable(),
+                ),
+            )
+            .await
+        {
+            if r.count() == 0 {
+                return Some(t0.elapsed());
+            }
+        }
+        if t0.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// A lease kept alive through a client connected to a follower survives a
+/// leader kill: the follower forwards keepalives to whichever member leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_kept_alive_through_a_follower_survives_a_leader_kill_3() {
+    let mut cl = TestCluster::start(3).await;
+    let leader = cl.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = (leader + 1) % 3;
+    let mut c = cl.member(follower).client().await;
+    let lease = c.lease_grant(3, None).await.unwrap().id();
+    c.put(
+        "kept/k",
+        "v",
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    let (mut keeper, mut replies) = c.lease_keep_alive(lease).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let renewer = tokio::spawn(async move {
+        let mut acks = 0usize;
+        for _ in 0..200 {
+            if stop2.load(Ordering::Relaxed) {
+                break;
+            }
+            if keeper.keep_alive().await.is_ok() {
+                if let Ok(Ok(Some(r))) =
+                    tokio::time::timeout(Duration::from_secs(2), replies.message()).await
+                {
+                    if r.ttl() > 0 {
+                        acks += 1;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        acks
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cl.member_mut(leader).kill9();
+    // Well past the 3 s TTL, across the election.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let mut c = cl.member(follower).client().await;
+    let r = c.get("kept/k", None).await.unwrap();
+    assert_eq!(
+        r.kvs().len(),
+        1,
+        "a lease kept alive through a follower expired\n{}",
+        cl.logs()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let acks = renewer.await.unwrap();
+    assert!(acks >= 8, "only {acks} keepalives answered with a TTL");
+    // Once the keepalives stop, the lease still expires (on the new leader).
+    assert!(
+        gone_within(&mut c, "kept/", Duration::from_secs(3 + 5))
+            .await
+            .is_some(),
+        "the lease did not expire after the keepalives stopped\n{}",
+        cl.logs()
+    );
+}
+
+/// An unrefreshed lease on a cluster whose leader is killed still expires,
+/// once: its keys go in one revision on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrefreshed_lease_expires_once_after_a_leader_kill_3() {
+    let mut cl = TestCluster::start(3).await;
+    let leader = cl.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut c = cl.member(leader).client().await;
+    let lease = c.lease_grant(3, None).await.unwrap().id();
+    for i in 0..20 {
+        c.put(
+            format!("lapse/{i:02}"),
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    }
+    let before = c
+        .get("lapse/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    cl.member_mut(leader).kill9();
+    let survivor = (leader + 1) % 3;
+    let mut c = cl.member(survivor).client().await;
+    // A new leader gives the lease at least its TTL again (etcd's rule), so
+    // it lapses within TTL + election timeout + the election itself.
+    let took = gone_within(&mut c, "lapse/", Duration::from_secs(15)).await;
+    assert!(took.is_some(), "the lease never expired\n{}", cl.logs());
+    cl.member_mut(leader).restart();
+    cl.wait_for_leader(LEADER_TIMEOUT).await;
+    cl.member_mut(leader).wait_ready(LEADER_TIMEOUT).await.unwrap();
+    // Every member agrees: the keys went in exactly one revision, once.
+    let mut revs = Vec::new();
+    for i in 0..3 {
+        let mut c = cl.member(i).client().await;
+        let r = c
+            .get("lapse/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!(r.kvs().len(), 0, "m{i} still holds leased keys");
+        let now = r.header().unwrap().revision();
+        revs.push(now);
+    }
+    assert!(
+        revs.iter().all(|r| *r == revs[0]),
+        "members disagree: {revs:?}"
+    );
+    assert_eq!(
+        revs[0],
+        before + 1,
+        "the expiry took more than one revision (or ran twice)"
+    );
+}

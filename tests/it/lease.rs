@@ -2,9 +2,9 @@
 //! Leases, keys attached by put, expiry driven by the server, etcdctl's
 //! lease commands, and leases across a restart.
 //!
-//! One member only: the failover cases (a keepalive through a follower
+//! One member here; the failover cases (a keepalive through a follower
 //! surviving a leader kill; an unrefreshed lease expiring once after the
-//! leader is killed) need the many-member transport and land with it.
+//! leader is killed) are in `cluster.rs`.
 //!
 //! Expiry is observed by polling Range (every 20 ms), and by a watcher in
 //! `kube_pattern_watch_sees_each_delete_with_prev_kv`.
