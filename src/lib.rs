@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod mvcc;
+pub mod probe;
 pub mod proto;
 pub mod raft;
 pub mod server;
