@@ -44,6 +44,11 @@ pub struct Config {
     )]
     pub listen_client_urls: String,
 
+    /// Additional URLs to listen on for plain-HTTP `/health`, `/livez` and
+    /// `/readyz` (kubeadm probes port 2381); none by default.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Client URLs of this member advertised to the rest of the cluster.
     #[arg(
         long,
@@ -218,6 +223,9 @@ impl Config {
         }
         split_urls(&self.listen_client_urls)?;
         split_urls(&self.listen_peer_urls)?;
+        if split_urls(&self.listen_metrics_urls)?.iter().any(|u| u.tls) {
+            return Err("--listen-metrics-urls: https is not supported yet; use http".into());
+        }
         Ok(())
     }
 }

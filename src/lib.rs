@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod lease;
 pub mod mvcc;
+pub mod probe;
 pub mod proto;
 pub mod raft;
 pub mod server;

@@ -1,5 +1,5 @@
 //! The `oxcd` binary: parse etcd's flags, start logging, run the server until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT. `oxcd probe` checks a member's health instead.
 
 use clap::Parser;
 use oxcd::config::Config;
@@ -33,6 +33,11 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // `oxcd probe ...`: the health check of images without curl (src/probe.rs).
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("probe") {
+        return oxcd::probe::main(args).await;
+    }
     let config = Config::parse();
     init_tracing(&config);
     match oxcd::server::run(config, shutdown_signal()).await {

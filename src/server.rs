@@ -41,6 +41,8 @@ use crate::watch::Hub;
 pub struct Listeners {
     pub client: Vec<ClientListener>,
     pub peer: Vec<TcpListener>,
+    /// `--listen-metrics-urls`: plain HTTP health paths (see [`api::health`]).
+    pub metrics: Vec<TcpListener>,
 }
 
 /// A client socket and whether its URL is `https` (served with TLS, see
@@ -74,7 +76,20 @@ impl Listeners {
                     .with_context(|| format!("listen on {addr}"))?,
             );
         }
-        Ok(Listeners { client, peer })
+        let mut metrics = Vec::new();
+        for url in split_urls(&config.listen_metrics_urls).map_err(anyhow::Error::msg)? {
+            let addr = url.bind_addr().map_err(anyhow::Error::msg)?;
+            metrics.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen on {addr}"))?,
+            );
+        }
+        Ok(Listeners {
+            client,
+            peer,
+            metrics,
+        })
     }
 }
 
@@ -223,6 +238,23 @@ pub async fn serve(
         request_timeout: Duration::from_secs(5) + config.election() * 2,
     };
     let _ = api_cell.set(ctx.clone());
+    // As etcd, the metrics listener answers health probes from the start,
+    // before this member serves clients (a probe then learns why not).
+    for listener in listeners.metrics {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "serving /health, /livez, /readyz");
+        let mut stop = stop_rx.clone();
+        let routes = api::health::metrics_routes(ctx.clone());
+        servers.spawn(async move {
+            Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(accept_nodelay(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
     // As etcd: clients are served once this member's attributes are in
     // the cluster's state (immediately after a restart, when they already
     // are), so no client ever sees this member unpublished.
@@ -247,32 +279,35 @@ pub async fn serve(
                 .tls_config(tls_config.clone())
                 .context("client TLS configuration")?;
         }
-        let router = builder
-            .add_service(
-                KvServer::new(api::kv::KvService::new(ctx.clone()))
-                    .max_decoding_message_size(max_msg),
-            )
-            .add_service(
-                LeaseServer::new(api::lease::LeaseService::new(ctx.clone()))
-                    .max_decoding_message_size(max_msg),
-            )
-            .add_service(
-                MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
-                    .max_decoding_message_size(max_msg),
-            )
-            .add_service(
-                ClusterServer::new(api::cluster::ClusterService::new(ctx.clone()))
-                    .max_decoding_message_size(max_msg),
-            )
-            .add_service(
-                WatchServer::new(api::watch::WatchService::new(
-                    ctx.clone(),
-                    hub.clone(),
-                    config.experimental_watch_progress_notify_interval,
-                    config.election(),
-                ))
+        // gRPC and etcd's HTTP health paths share the port (HTTP/1.1 and
+        // HTTP/2 both accepted), as on etcd.
+        let mut grpc = tonic::service::Routes::builder();
+        grpc.add_service(
+            KvServer::new(api::kv::KvService::new(ctx.clone())).max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            LeaseServer::new(api::lease::LeaseService::new(ctx.clone()))
                 .max_decoding_message_size(max_msg),
-            );
+        )
+        .add_service(
+            MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            ClusterServer::new(api::cluster::ClusterService::new(ctx.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            WatchServer::new(api::watch::WatchService::new(
+                ctx.clone(),
+                hub.clone(),
+                config.experimental_watch_progress_notify_interval,
+                config.election(),
+            ))
+            .max_decoding_message_size(max_msg),
+        );
+        let routes = api::health::client_routes(grpc.routes(), ctx.clone());
+        let router = builder.accept_http1(true).add_routes(routes);
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             router

@@ -7,6 +7,7 @@
 //! the current Raft term; the revision comes from the store.
 
 pub mod cluster;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;

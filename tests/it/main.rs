@@ -5,9 +5,12 @@
 //! the reference etcd 3.5; every expectation here was checked that way first.
 
 mod cluster;
+mod compose;
+mod deploy;
 mod durability;
 mod errors;
 mod etcdctl;
+mod health;
 mod kv;
 mod lease;
 mod support;
