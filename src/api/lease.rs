@@ -307,7 +307,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
         let mut resp = anywhere(&self.ctx, |leader, node, remaining| {
-            let (ctx, r) = (self.ctx.clone(), r.clone());
+            let (ctx, r) = (self.ctx.clone(), r);
             async move {
                 match leader {
                     None => time_to_live_local(&ctx, &r).await.map(|v| Ok(Ok(v))),
