@@ -8,6 +8,7 @@ mod cluster;
 mod durability;
 mod errors;
 mod etcdctl;
+mod jepsen;
 mod kv;
 mod support;
 mod tls;
