@@ -71,9 +71,27 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// Bound on the linearizability search per key.
 const MAX_STEPS: u64 = 20_000_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quick() {
-    let wall = Instant::now();
+/// One run's settings.
+struct Params {
+    seed: u64,
+    time_limit: u64,
+    members: usize,
+    clients: usize,
+    kinds: Vec<nemesis::Kind>,
+    /// Extra server flags (the unsafe test-only switch).
+    server_args: Vec<&'static str>,
+}
+
+/// What a run found.
+struct RunResult {
+    passed: bool,
+    /// Keys whose history is not linearizable.
+    lin_violations: usize,
+    ok_ops: usize,
+    faults: usize,
+}
+
+fn params_from_env() -> Params {
     let seed = env_u64(
         "OXCD_JEPSEN_SEED",
         std::time::SystemTime::now()
@@ -93,6 +111,51 @@ async fn quick() {
         Ok("register") | Ok("") | Err(_) => {}
         Ok(w) => panic!("OXCD_JEPSEN_WORKLOAD={w:?}: only `register` exists so far"),
     }
+    Params {
+        seed,
+        time_limit,
+        members,
+        clients,
+        kinds,
+        server_args: vec![],
+    }
+}
+
+/// Quick mode by default; the long mode with the `OXCD_JEPSEN_*` variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quick() {
+    let r = run(params_from_env()).await;
+    assert!(r.passed, "jepsen run failed; see the report above");
+    assert!(r.ok_ops > 100, "too few ops succeeded");
+    assert!(r.faults > 0, "no fault was injected");
+}
+
+/// The checker must catch a broken server: with the test-only switch that
+/// serves linearizable reads without the ReadIndex barrier, partitions make
+/// members serve stale reads, and the register checker must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catches_stale_reads_without_read_barrier() {
+    let mut p = params_from_env();
+    p.time_limit = p.time_limit.min(25);
+    p.kinds = vec![nemesis::Kind::PartitionLeader, nemesis::Kind::PartitionHalves];
+    p.server_args = vec!["--unsafe-no-read-barrier"];
+    let r = run(p).await;
+    assert!(
+        r.lin_violations > 0,
+        "reads without the ReadIndex barrier under partitions went unnoticed"
+    );
+}
+
+async fn run(p: Params) -> RunResult {
+    let Params {
+        seed,
+        time_limit,
+        members,
+        clients,
+        kinds,
+        server_args,
+    } = p;
+    let wall = Instant::now();
     eprintln!(
         "[jepsen] seed {seed}, {members} members, {clients} clients, {time_limit}s, nemesis {:?}",
         kinds.iter().map(|k| k.name()).collect::<Vec<_>>()
@@ -101,7 +164,7 @@ async fn quick() {
     let net = Arc::new(proxy::Net::start(members).await);
     let advertised: Vec<u16> = net.ports.iter().map(|p| p.1).collect();
     let net2 = net.clone();
-    let cluster = TestCluster::start_proxied(members, &[], Some(&advertised), &move |c| {
+    let cluster = TestCluster::start_proxied(members, &server_args, Some(&advertised), &move |c| {
         for m in c.members() {
             let (cp, pp) = m.listen_ports();
             net2.set_upstream(m.index, cp, pp);
@@ -239,7 +302,8 @@ async fn quick() {
     };
     let text = report.render();
     eprintln!("{text}");
-    if !report.passed() {
+    let passed = report.passed();
+    if !passed && server_args.is_empty() {
         // Keep the evidence: the history next to the cluster's logs.
         let dump: String = ops.iter().map(|o| o.describe() + "\n").collect();
         let path = std::env::temp_dir().join(format!("oxcd-jepsen-{seed}.history.txt"));
@@ -247,8 +311,13 @@ async fn quick() {
         for c in &crashes {
             eprintln!("{c}");
         }
+        // Panic here, not in the caller, so the cluster keeps its logs.
         panic!("jepsen run failed (seed {seed}); history in {}", path.display());
     }
-    assert!(ops.iter().filter(|o| o.is_ok()).count() > 100, "too few ops succeeded");
-    assert!(!faults.is_empty(), "no fault was injected");
+    RunResult {
+        passed,
+        lin_violations: lin.iter().filter(|(_, _, v)| matches!(v, checker::Verdict::Violation(_))).count(),
+        ok_ops: ops.iter().filter(|o| o.is_ok()).count(),
+        faults: faults.len(),
+    }
 }
