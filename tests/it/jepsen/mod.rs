@@ -12,7 +12,8 @@
 //! - `OXCD_JEPSEN_TIME_LIMIT` seconds of workload (default 45)
 //! - `OXCD_JEPSEN_SEED` (default: from the clock; always printed)
 //! - `OXCD_JEPSEN_NEMESIS` comma-separated kinds (default all: kill,
-//!   kill-leader, pause, pause-leader, partition-leader, partition-halves, slow)
+//!   kill-leader, pause, pause-leader, partition-leader, partition-halves, slow,
+//!   client-blackhole)
 //! - `OXCD_JEPSEN_WORKLOAD` (`register`, the only one so far)
 //! - `OXCD_JEPSEN_MEMBERS` (3 or 5; default 3), `OXCD_JEPSEN_CLIENTS` (default 10)
 
@@ -80,6 +81,8 @@ struct Params {
     kinds: Vec<nemesis::Kind>,
     /// Extra server flags (the unsafe test-only switch).
     server_args: Vec<&'static str>,
+    /// For the report's rerun line.
+    test_name: &'static str,
 }
 
 /// What a run found.
@@ -118,6 +121,7 @@ fn params_from_env() -> Params {
         clients,
         kinds,
         server_args: vec![],
+        test_name: "jepsen::quick",
     }
 }
 
@@ -139,6 +143,7 @@ async fn catches_stale_reads_without_read_barrier() {
     p.time_limit = p.time_limit.min(25);
     p.kinds = vec![nemesis::Kind::PartitionLeader, nemesis::Kind::PartitionHalves];
     p.server_args = vec!["--unsafe-no-read-barrier"];
+    p.test_name = "jepsen::catches_stale_reads_without_read_barrier";
     let r = run(p).await;
     assert!(
         r.lin_violations > 0,
@@ -154,6 +159,7 @@ async fn run(p: Params) -> RunResult {
         clients,
         kinds,
         server_args,
+        test_name,
     } = p;
     let wall = Instant::now();
     eprintln!(
@@ -287,6 +293,7 @@ async fn run(p: Params) -> RunResult {
     let unknown_sources = *net.unknown_sources.lock().unwrap();
     let report = report::Report {
         seed,
+        test_name,
         members,
         clients,
         time_limit_s: time_limit,
@@ -302,6 +309,11 @@ async fn run(p: Params) -> RunResult {
     };
     let text = report.render();
     eprintln!("{text}");
+    let svg = std::env::temp_dir().join(format!("oxcd-jepsen-{seed}.svg"));
+    match std::fs::write(&svg, report::render_svg(&ops, &faults)) {
+        Ok(()) => eprintln!("timeline: {}", svg.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", svg.display()),
+    }
     let passed = report.passed();
     if !passed && server_args.is_empty() {
         // Keep the evidence: the history next to the cluster's logs.

@@ -4,12 +4,12 @@
 //! Kinds: kill -9 of a random member or of the leader (restarted at the end
 //! of the window), SIGSTOP/SIGCONT of a random member or of the leader,
 //! partitions through the proxies (leader isolated; a random
-//! minority/majority split), slow peer links.
+//! minority/majority split), slow peer links, clients cut off from a member.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::proxy::{Link, Net};
+use super::proxy::{Link, Net, Node};
 use super::Rng;
 use crate::support::TestCluster;
 
@@ -22,10 +22,12 @@ pub enum Kind {
     PartitionLeader,
     PartitionHalves,
     Slow,
+    /// Blackhole the clients' links to one member (both directions).
+    ClientBlackhole,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Kill,
         Kind::KillLeader,
         Kind::Pause,
@@ -33,6 +35,7 @@ impl Kind {
         Kind::PartitionLeader,
         Kind::PartitionHalves,
         Kind::Slow,
+        Kind::ClientBlackhole,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Kind {
             Kind::PartitionLeader => "partition-leader",
             Kind::PartitionHalves => "partition-halves",
             Kind::Slow => "slow",
+            Kind::ClientBlackhole => "client-blackhole",
         }
     }
 
@@ -142,6 +146,13 @@ impl Nemesis {
                     tokio::time::sleep(hold).await;
                     net.heal();
                 }
+                Kind::ClientBlackhole => {
+                    detail = format!("blackhole clients <-> m{leader} for {hold:?}");
+                    net.set(Node::Client, Node::Member(leader), Link::Drop);
+                    net.set(Node::Member(leader), Node::Client, Link::Drop);
+                    tokio::time::sleep(hold).await;
+                    net.heal();
+                }
                 Kind::Slow => {
                     let d = Duration::from_millis(20 + rng.below(80));
                     detail = format!("delay every peer link by {d:?} for {hold:?}");
@@ -150,8 +161,8 @@ impl Nemesis {
                         for &b in &all {
                             if a != b {
                                 net.set(
-                                    super::proxy::Node::Member(a),
-                                    super::proxy::Node::Member(b),
+                                    Node::Member(a),
+                                    Node::Member(b),
                                     Link::Delay(d),
                                 );
                             }

@@ -8,6 +8,7 @@ use super::nemesis::Fault;
 
 pub struct Report<'a> {
     pub seed: u64,
+    pub test_name: &'a str,
     pub members: usize,
     pub clients: usize,
     pub time_limit_s: u64,
@@ -40,8 +41,8 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
-            "rerun: OXCD_JEPSEN_SEED={} OXCD_JEPSEN_TIME_LIMIT={} cargo test --test it jepsen::quick -- --nocapture",
-            self.seed, self.time_limit_s
+            "rerun: OXCD_JEPSEN_SEED={} OXCD_JEPSEN_TIME_LIMIT={} cargo test --test it {} -- --nocapture",
+            self.seed, self.time_limit_s, self.test_name
         );
         let _ = writeln!(s, "\nfaults ({}):", self.faults.len());
         for f in self.faults {
@@ -143,4 +144,112 @@ impl Report<'_> {
         let _ = writeln!(s, "\nverdict: {}", if self.passed() { "PASS" } else { "FAIL" });
         s
     }
+}
+
+/// An SVG timeline a person can look at: fault windows shaded, each ok
+/// operation's latency as a dot (log scale, reads blue, writes green, CAS
+/// purple), indeterminate ops as orange ticks on top, ok ops per second
+/// as a line below.
+pub fn render_svg(ops: &[Op], faults: &[Fault]) -> String {
+    const W: f64 = 1200.0;
+    const LAT_H: f64 = 300.0;
+    const TP_H: f64 = 120.0;
+    const L: f64 = 60.0;
+    let end_ns = ops
+        .iter()
+        .map(|o| o.complete_ns)
+        .chain(faults.iter().map(|f| f.end_ns))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let x = |ns: u64| L + (W - L - 10.0) * ns as f64 / end_ns as f64;
+    // latency 0.1 ms .. 3 s on a log scale
+    let y_lat = |ns: u64| {
+        let ms = (ns as f64 / 1e6).clamp(0.1, 3000.0);
+        20.0 + (LAT_H - 20.0) * (1.0 - (ms.log10() + 1.0) / (3000f64.log10() + 1.0))
+    };
+    let mut s = String::new();
+    let h = LAT_H + TP_H + 60.0;
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" font-family="monospace" font-size="11">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
+    for f in faults {
+        let (x0, x1) = (x(f.start_ns), x(f.end_ns));
+        let _ = writeln!(
+            s,
+            r##"<rect x="{x0:.1}" y="10" width="{:.1}" height="{:.1}" fill="#f4cccc"><title>{}: {}</title></rect><text x="{x0:.1}" y="20" fill="#990000">{}</text>"##,
+            (x1 - x0).max(1.0),
+            LAT_H + TP_H + 30.0,
+            f.kind.name(),
+            f.detail.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;"),
+            f.kind.name()
+        );
+    }
+    for ms in [1.0f64, 10.0, 100.0, 1000.0] {
+        let y = y_lat((ms * 1e6) as u64);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{L}" x2="{W}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="5" y="{y:.1}">{ms} ms</text>"##
+        );
+    }
+    let step = (ops.len() / 20_000).max(1);
+    for o in ops.iter().step_by(step) {
+        let color = match (&o.kind, &o.outcome) {
+            (_, Outcome::Info(_)) => {
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{0:.1}" x2="{0:.1}" y1="22" y2="30" stroke="#e69138"/>"##,
+                    x(o.invoke_ns)
+                );
+                continue;
+            }
+            (_, Outcome::Fail(_)) => continue,
+            (OpKind::Read, _) => "#3d85c6",
+            (OpKind::Write(_), _) => "#6aa84f",
+            (OpKind::Cas { .. }, _) => "#8e7cc3",
+        };
+        let _ = writeln!(
+            s,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="1.2" fill="{color}"/>"#,
+            x(o.complete_ns),
+            y_lat(o.complete_ns - o.invoke_ns)
+        );
+    }
+    // throughput
+    let secs = (end_ns / 1_000_000_000 + 1) as usize;
+    let mut per = vec![0usize; secs.min(100_000)];
+    for o in ops.iter().filter(|o| o.is_ok()) {
+        if let Some(c) = per.get_mut((o.complete_ns / 1_000_000_000) as usize) {
+            *c += 1;
+        }
+    }
+    let max = *per.iter().max().unwrap_or(&1).max(&1) as f64;
+    let base = LAT_H + TP_H + 20.0;
+    let pts: Vec<String> = per
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            format!(
+                "{:.1},{:.1}",
+                x(i as u64 * 1_000_000_000 + 500_000_000),
+                base - (TP_H - 10.0) * c as f64 / max
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        r#"<polyline points="{}" fill="none" stroke="black"/><text x="5" y="{:.1}">{max} ok/s</text><text x="5" y="{base:.1}">0</text>"#,
+        pts.join(" "),
+        base - TP_H + 10.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{L}" y="{:.1}">time 0 .. {:.1} s; dots: ok latency (read blue, write green, cas purple); orange ticks: indeterminate; shaded: faults</text>"#,
+        h - 8.0,
+        end_ns as f64 / 1e9
+    );
+    s.push_str("</svg>\n");
+    s
 }
