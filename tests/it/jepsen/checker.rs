@@ -137,7 +137,14 @@ pub fn check_register(ops: &[Op], init: Option<&str>, max_steps: u64) -> Verdict
             (OpKind::Write(v), Outcome::Ok(_)) => (F::Write(intern(Some(v)), true), op.complete_ns),
             (OpKind::Write(_), Outcome::Fail(_)) => continue,
             (OpKind::Write(v), Outcome::Info(_)) => (F::Write(intern(Some(v)), false), u64::MAX),
-            (OpKind::Cas { expected, new }, Outcome::Ok(Ret::Cas { succeeded, observed: obs, .. })) => {
+            (
+                OpKind::Cas { expected, new },
+                Outcome::Ok(Ret::Cas {
+                    succeeded,
+                    observed: obs,
+                    ..
+                }),
+            ) => {
                 let e = intern(Some(expected));
                 if *succeeded {
                     observed.insert(e);
@@ -149,9 +156,10 @@ pub fn check_register(ops: &[Op], init: Option<&str>, max_steps: u64) -> Verdict
                 }
             }
             (OpKind::Cas { .. }, Outcome::Fail(_)) => continue,
-            (OpKind::Cas { expected, new }, Outcome::Info(_)) => {
-                (F::CasInfo(intern(Some(expected)), intern(Some(new))), u64::MAX)
-            }
+            (OpKind::Cas { expected, new }, Outcome::Info(_)) => (
+                F::CasInfo(intern(Some(expected)), intern(Some(new))),
+                u64::MAX,
+            ),
             (k, o) => panic!("malformed op {k:?} -> {o:?}"),
         };
         cops.push(COp {
@@ -182,7 +190,11 @@ pub fn check_register(ops: &[Op], init: Option<&str>, max_steps: u64) -> Verdict
             cops.len(),
             ops.first().map(|o| o.key.as_str()).unwrap_or("?")
         )),
-        Search::Stuck { blocked, state, last } => {
+        Search::Stuck {
+            blocked,
+            state,
+            last,
+        } => {
             let b = &ops[cops[blocked].src];
             let mut msg = format!(
                 "not linearizable: {}\n    cannot be linearized; in the deepest attempt the register held {}",
@@ -195,7 +207,9 @@ pub fn check_register(ops: &[Op], init: Option<&str>, max_steps: u64) -> Verdict
             // Ops concurrent with the blocked one, for context (bounded).
             let conc: Vec<String> = cops
                 .iter()
-                .filter(|c| c.src != cops[blocked].src && c.call < b.complete_ns && c.ret > b.invoke_ns)
+                .filter(|c| {
+                    c.src != cops[blocked].src && c.call < b.complete_ns && c.ret > b.invoke_ns
+                })
                 .take(8)
                 .map(|c| format!("\n    concurrent: {}", ops[c.src].describe()))
                 .collect();
@@ -352,14 +366,19 @@ pub fn acked_writes(ops: &[Op]) -> Vec<AckedWrite> {
                 rev: *rev,
                 op: op.id,
             }),
-            (OpKind::Cas { new, .. }, Outcome::Ok(Ret::Cas { succeeded: true, rev, .. })) => {
-                out.push(AckedWrite {
-                    key: op.key.clone(),
-                    value: new.clone(),
-                    rev: *rev,
-                    op: op.id,
-                })
-            }
+            (
+                OpKind::Cas { new, .. },
+                Outcome::Ok(Ret::Cas {
+                    succeeded: true,
+                    rev,
+                    ..
+                }),
+            ) => out.push(AckedWrite {
+                key: op.key.clone(),
+                value: new.clone(),
+                rev: *rev,
+                op: op.id,
+            }),
             _ => {}
         }
     }
@@ -459,8 +478,28 @@ mod tests {
         let h = [
             op(0, w("1"), 0, 10, okw(2)),
             op(1, OpKind::Read, 20, 30, okr(Some("1"))),
-            op(0, cas("1", "2"), 40, 50, Outcome::Ok(Ret::Cas { succeeded: true, rev: 3, observed: None })),
-            op(1, cas("1", "3"), 60, 70, Outcome::Ok(Ret::Cas { succeeded: false, rev: 3, observed: Some("2".into()) })),
+            op(
+                0,
+                cas("1", "2"),
+                40,
+                50,
+                Outcome::Ok(Ret::Cas {
+                    succeeded: true,
+                    rev: 3,
+                    observed: None,
+                }),
+            ),
+            op(
+                1,
+                cas("1", "3"),
+                60,
+                70,
+                Outcome::Ok(Ret::Cas {
+                    succeeded: false,
+                    rev: 3,
+                    observed: Some("2".into()),
+                }),
+            ),
             op(1, OpKind::Read, 80, 90, okr(Some("2"))),
         ];
         assert_eq!(check(&h), Verdict::Ok);
@@ -480,7 +519,11 @@ mod tests {
             op(1, OpKind::Read, 10, 20, okr(Some("1"))),
             op(2, OpKind::Read, 30, 40, okr(Some("0"))),
         ];
-        assert!(matches!(check(&h), Verdict::Violation(_)), "{:?}", check(&h));
+        assert!(
+            matches!(check(&h), Verdict::Violation(_)),
+            "{:?}",
+            check(&h)
+        );
     }
 
     #[test]
@@ -506,14 +549,29 @@ mod tests {
         ];
         assert!(matches!(check(&h), Verdict::Violation(_)));
         // The revision check catches it without any read at all.
-        let ws = acked_writes(&h.iter().cloned().enumerate().map(|(i, mut o)| { o.id = i; o }).collect::<Vec<_>>());
+        let ws = acked_writes(
+            &h.iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, mut o)| {
+                    o.id = i;
+                    o
+                })
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(ws.len(), 2);
         let bad = check_lost_writes(&ws, &[Some(("1".into(), 2)), None]);
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert!(bad[0].contains("lost write: op #2"), "{bad:?}");
         assert!(check_lost_writes(&ws, &[Some(("1".into(), 2)), Some(("2".into(), 3))]).is_empty());
-        let dup = check_lost_writes(&ws[..1].iter().chain(&ws[..1]).cloned().collect::<Vec<_>>(), &[Some(("1".into(), 2)), Some(("1".into(), 2))]);
-        assert!(dup[0].contains("two acknowledged writes at revision 2"), "{dup:?}");
+        let dup = check_lost_writes(
+            &ws[..1].iter().chain(&ws[..1]).cloned().collect::<Vec<_>>(),
+            &[Some(("1".into(), 2)), Some(("1".into(), 2))],
+        );
+        assert!(
+            dup[0].contains("two acknowledged writes at revision 2"),
+            "{dup:?}"
+        );
     }
 
     #[test]
@@ -550,7 +608,17 @@ mod tests {
         // A CAS that succeeded against a value nobody could hold then.
         let h = [
             op(0, w("1"), 0, 10, okw(2)),
-            op(1, cas("0", "5"), 20, 30, Outcome::Ok(Ret::Cas { succeeded: true, rev: 3, observed: None })),
+            op(
+                1,
+                cas("0", "5"),
+                20,
+                30,
+                Outcome::Ok(Ret::Cas {
+                    succeeded: true,
+                    rev: 3,
+                    observed: None,
+                }),
+            ),
         ];
         assert!(matches!(check(&h), Verdict::Violation(_)));
         // An indeterminate CAS whose new value is later read: fine iff its
@@ -577,7 +645,13 @@ mod tests {
         for i in 0..400u64 {
             let t = i * 10;
             if i % 3 == 0 {
-                h.push(op((i % 8) as usize, OpKind::Read, t, t + 25, okr(Some(&last))));
+                h.push(op(
+                    (i % 8) as usize,
+                    OpKind::Read,
+                    t,
+                    t + 25,
+                    okr(Some(&last)),
+                ));
             } else {
                 let v = format!("v{i}");
                 h.push(op((i % 8) as usize, w(&v), t, t + 5, okw(i as i64 + 2)));
@@ -594,7 +668,12 @@ mod tests {
     fn convergence_detects_divergence() {
         let a: Snapshot = vec![("k".into(), "1".into(), 2, 2, 1)];
         let b: Snapshot = vec![("k".into(), "1".into(), 2, 3, 2)];
-        assert!(check_convergence(&[("m0".into(), a.clone()), ("m1".into(), a.clone())]).is_empty());
-        assert_eq!(check_convergence(&[("m0".into(), a), ("m1".into(), b)]).len(), 1);
+        assert!(
+            check_convergence(&[("m0".into(), a.clone()), ("m1".into(), a.clone())]).is_empty()
+        );
+        assert_eq!(
+            check_convergence(&[("m0".into(), a), ("m1".into(), b)]).len(),
+            1
+        );
     }
 }

@@ -19,7 +19,10 @@ pub enum OpKind {
     Read,
     Write(String),
     /// Txn: if value(key) == expected then put(key, new) else get(key).
-    Cas { expected: String, new: String },
+    Cas {
+        expected: String,
+        new: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -107,7 +107,10 @@ fn params_from_env() -> Params {
     let members = env_u64("OXCD_JEPSEN_MEMBERS", 3) as usize;
     let clients = env_u64("OXCD_JEPSEN_CLIENTS", 10) as usize;
     let kinds: Vec<nemesis::Kind> = match std::env::var("OXCD_JEPSEN_NEMESIS") {
-        Ok(v) if !v.is_empty() => v.split(',').map(|s| nemesis::Kind::parse(s.trim())).collect(),
+        Ok(v) if !v.is_empty() => v
+            .split(',')
+            .map(|s| nemesis::Kind::parse(s.trim()))
+            .collect(),
         _ => nemesis::Kind::ALL.to_vec(),
     };
     match std::env::var("OXCD_JEPSEN_WORKLOAD").as_deref() {
@@ -141,7 +144,10 @@ async fn quick() {
 async fn catches_stale_reads_without_read_barrier() {
     let mut p = params_from_env();
     p.time_limit = p.time_limit.min(25);
-    p.kinds = vec![nemesis::Kind::PartitionLeader, nemesis::Kind::PartitionHalves];
+    p.kinds = vec![
+        nemesis::Kind::PartitionLeader,
+        nemesis::Kind::PartitionHalves,
+    ];
     p.server_args = vec!["--unsafe-no-read-barrier"];
     p.test_name = "jepsen::catches_stale_reads_without_read_barrier";
     let r = run(p).await;
@@ -233,7 +239,10 @@ async fn run(p: Params) -> RunResult {
             {
                 Ok(Ok(r)) => {
                     got = Some(r.kvs().first().map(|kv| {
-                        (String::from_utf8_lossy(kv.value()).into_owned(), kv.mod_revision())
+                        (
+                            String::from_utf8_lossy(kv.value()).into_owned(),
+                            kv.mod_revision(),
+                        )
                     }));
                     break;
                 }
@@ -249,10 +258,15 @@ async fn run(p: Params) -> RunResult {
     for _attempt in 0..50 {
         let mut snaps = Vec::new();
         for m in cluster.members() {
-            let Ok(mut mc) = m.try_client().await else { continue };
+            let Ok(mut mc) = m.try_client().await else {
+                continue;
+            };
             if let Ok(Ok(r)) = tokio::time::timeout(
                 Duration::from_secs(3),
-                mc.get("", Some(GetOptions::new().with_all_keys().with_serializable())),
+                mc.get(
+                    "",
+                    Some(GetOptions::new().with_all_keys().with_serializable()),
+                ),
             )
             .await
             {
@@ -273,7 +287,11 @@ async fn run(p: Params) -> RunResult {
             }
         }
         convergence = if snaps.len() < cluster.size() {
-            vec![format!("only {} of {} members answered", snaps.len(), cluster.size())]
+            vec![format!(
+                "only {} of {} members answered",
+                snaps.len(),
+                cluster.size()
+            )]
         } else {
             checker::check_convergence(&snaps)
         };
@@ -286,9 +304,10 @@ async fn run(p: Params) -> RunResult {
     // Linearizability, per key, off the async workers.
     let ops2 = ops.clone();
     let init: BTreeMap<String, Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
-    let lin = tokio::task::spawn_blocking(move || checker::check_registers(&ops2, &init, MAX_STEPS))
-        .await
-        .unwrap();
+    let lin =
+        tokio::task::spawn_blocking(move || checker::check_registers(&ops2, &init, MAX_STEPS))
+            .await
+            .unwrap();
 
     let unknown_sources = *net.unknown_sources.lock().unwrap();
     let report = report::Report {
@@ -324,11 +343,17 @@ async fn run(p: Params) -> RunResult {
             eprintln!("{c}");
         }
         // Panic here, not in the caller, so the cluster keeps its logs.
-        panic!("jepsen run failed (seed {seed}); history in {}", path.display());
+        panic!(
+            "jepsen run failed (seed {seed}); history in {}",
+            path.display()
+        );
     }
     RunResult {
         passed,
-        lin_violations: lin.iter().filter(|(_, _, v)| matches!(v, checker::Verdict::Violation(_))).count(),
+        lin_violations: lin
+            .iter()
+            .filter(|(_, _, v)| matches!(v, checker::Verdict::Violation(_)))
+            .count(),
         ok_ops: ops.iter().filter(|o| o.is_ok()).count(),
         faults: faults.len(),
     }

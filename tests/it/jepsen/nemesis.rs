@@ -160,11 +160,7 @@ impl Nemesis {
                     for &a in &all {
                         for &b in &all {
                             if a != b {
-                                net.set(
-                                    Node::Member(a),
-                                    Node::Member(b),
-                                    Link::Delay(d),
-                                );
+                                net.set(Node::Member(a), Node::Member(b), Link::Delay(d));
                             }
                         }
                     }
@@ -172,7 +168,11 @@ impl Nemesis {
                     net.heal();
                 }
             }
-            eprintln!("[jepsen] {:>7.3}s {} {detail}", start_ns as f64 / 1e9, kind.name());
+            eprintln!(
+                "[jepsen] {:>7.3}s {} {detail}",
+                start_ns as f64 / 1e9,
+                kind.name()
+            );
             log.push(Fault {
                 kind,
                 detail,
@@ -187,10 +187,7 @@ impl Nemesis {
                 c.member_mut(i).resume();
             }
             if !c.member_mut(i).is_running() {
-                crashes.push(format!(
-                    "m{i} exited on its own\n{}",
-                    c.member(i).logs()
-                ));
+                crashes.push(format!("m{i} exited on its own\n{}", c.member(i).logs()));
                 c.member_mut(i).kill9();
                 c.member_mut(i).start();
                 net.set_pid(i, c.member(i).pid());

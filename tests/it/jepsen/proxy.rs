@@ -70,9 +70,26 @@ impl Net {
         for i in 0..n {
             let cl = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let pl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            ports.push((cl.local_addr().unwrap().port(), pl.local_addr().unwrap().port()));
-            tokio::spawn(accept_loop(cl, i, false, state.clone(), rx.clone(), unknown.clone()));
-            tokio::spawn(accept_loop(pl, i, true, state.clone(), rx.clone(), unknown.clone()));
+            ports.push((
+                cl.local_addr().unwrap().port(),
+                pl.local_addr().unwrap().port(),
+            ));
+            tokio::spawn(accept_loop(
+                cl,
+                i,
+                false,
+                state.clone(),
+                rx.clone(),
+                unknown.clone(),
+            ));
+            tokio::spawn(accept_loop(
+                pl,
+                i,
+                true,
+                state.clone(),
+                rx.clone(),
+                unknown.clone(),
+            ));
         }
         Net {
             state,
@@ -126,7 +143,12 @@ impl Drop for Net {
 }
 
 fn link(state: &Mutex<NetState>, from: Node, to: Node) -> Link {
-    *state.lock().unwrap().links.get(&(from, to)).unwrap_or(&Link::Pass)
+    *state
+        .lock()
+        .unwrap()
+        .links
+        .get(&(from, to))
+        .unwrap_or(&Link::Pass)
 }
 
 /// Accepts until shutdown (and at most a million connections).
@@ -150,12 +172,11 @@ async fn accept_loop(
         tokio::spawn(async move {
             let src = if peer {
                 let pids = state.lock().unwrap().pids.clone();
-                let found = tokio::task::spawn_blocking(move || {
-                    dialler(from_addr, proxy_port, &pids)
-                })
-                .await
-                .ok()
-                .flatten();
+                let found =
+                    tokio::task::spawn_blocking(move || dialler(from_addr, proxy_port, &pids))
+                        .await
+                        .ok()
+                        .flatten();
                 match found {
                     Some(i) => Node::Member(i),
                     None => {
@@ -168,7 +189,11 @@ async fn accept_loop(
             };
             let port = {
                 let s = state.lock().unwrap();
-                if peer { s.upstream[member].1 } else { s.upstream[member].0 }
+                if peer {
+                    s.upstream[member].1
+                } else {
+                    s.upstream[member].0
+                }
             };
             let Ok(Ok(up)) = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -200,8 +225,8 @@ async fn pump(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
-    // Bounded by the connection's life and the run's (shutdown).
-    loop {
+    // Bounded by the connection's life and the run's (shutdown), and in count.
+    for _ in 0..u32::MAX {
         if *shutdown.borrow() {
             return;
         }
@@ -264,4 +289,73 @@ fn dialler(from: SocketAddr, proxy_port: u16, pids: &[Option<u32>]) -> Option<us
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server standing in for a member's client port.
+    async fn echo() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for _ in 0..16 {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1024];
+                    for _ in 0..1000 {
+                        match c.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if c.write_all(&b[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    async fn roundtrip(c: &mut TcpStream, within: Duration) -> bool {
+        c.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        matches!(
+            tokio::time::timeout(within, c.read_exact(&mut b)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn drop_holds_bytes_until_heal_and_delay_delays() {
+        let net = Net::start(1).await;
+        net.set_upstream(0, echo().await, 0);
+        let mut c = TcpStream::connect(("127.0.0.1", net.ports[0].0))
+            .await
+            .unwrap();
+        assert!(roundtrip(&mut c, Duration::from_secs(2)).await, "pass");
+        // One direction dropped: the answer is held, not lost.
+        net.set(Node::Member(0), Node::Client, Link::Drop);
+        assert!(!roundtrip(&mut c, Duration::from_millis(300)).await, "drop");
+        net.heal();
+        let mut b = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut b))
+            .await
+            .expect("held bytes delivered after heal")
+            .unwrap();
+        assert_eq!(&b, b"ping");
+        net.set(
+            Node::Client,
+            Node::Member(0),
+            Link::Delay(Duration::from_millis(300)),
+        );
+        let t = std::time::Instant::now();
+        assert!(roundtrip(&mut c, Duration::from_secs(2)).await);
+        assert!(t.elapsed() >= Duration::from_millis(300), "delay");
+    }
 }

@@ -33,7 +33,10 @@ impl Report<'_> {
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "==================== oxcd jepsen report ====================");
+        let _ = writeln!(
+            s,
+            "==================== oxcd jepsen report ===================="
+        );
         let _ = writeln!(
             s,
             "seed {}  members {}  clients {}  time limit {}s  wall {:.1}s",
@@ -57,11 +60,7 @@ impl Report<'_> {
         }
         let _ = writeln!(s, "\noperations ({}):", self.ops.len());
         let _ = writeln!(s, "  {:<6} {:>7} {:>7} {:>7}", "", "ok", "fail", "info");
-        for (name, pick) in [
-            ("read", 0u8),
-            ("write", 1),
-            ("cas", 2),
-        ] {
+        for (name, pick) in [("read", 0u8), ("write", 1), ("cas", 2)] {
             let of = |o: &&Op| match o.kind {
                 OpKind::Read => pick == 0,
                 OpKind::Write(_) => pick == 1,
@@ -80,11 +79,20 @@ impl Report<'_> {
         let cas_ok = self
             .ops
             .iter()
-            .filter(|o| matches!(o.outcome, Outcome::Ok(super::history::Ret::Cas { succeeded: true, .. })))
+            .filter(|o| {
+                matches!(
+                    o.outcome,
+                    Outcome::Ok(super::history::Ret::Cas {
+                        succeeded: true,
+                        ..
+                    })
+                )
+            })
             .count();
         let _ = writeln!(s, "  (cas whose compare held: {cas_ok})");
         // Throughput timeline: ok ops per second, fault seconds marked.
-        let secs = (self.ops.iter().map(|o| o.complete_ns).max().unwrap_or(0) / 1_000_000_000 + 1) as usize;
+        let secs = (self.ops.iter().map(|o| o.complete_ns).max().unwrap_or(0) / 1_000_000_000 + 1)
+            as usize;
         let mut per = vec![0usize; secs.min(3600)];
         for o in self.ops.iter().filter(|o| o.is_ok()) {
             let i = (o.complete_ns / 1_000_000_000) as usize;
@@ -92,7 +100,10 @@ impl Report<'_> {
                 per[i] += 1;
             }
         }
-        let _ = writeln!(s, "\nok ops per second (* = a fault window overlaps that second):");
+        let _ = writeln!(
+            s,
+            "\nok ops per second (* = a fault window overlaps that second):"
+        );
         for (i, c) in per.iter().enumerate() {
             let t0 = i as u64 * 1_000_000_000;
             let t1 = t0 + 1_000_000_000;
@@ -105,7 +116,11 @@ impl Report<'_> {
             );
         }
         let _ = writeln!(s, "\ncheckers:");
-        let crash = if self.crashes.is_empty() { "PASS" } else { "FAIL" };
+        let crash = if self.crashes.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        };
         let _ = writeln!(s, "  member crashes (not caused by the nemesis): {crash}");
         for c in self.crashes {
             let _ = writeln!(s, "    {}", c.lines().next().unwrap_or(""));
@@ -121,7 +136,11 @@ impl Report<'_> {
             s,
             "  no lost acknowledged write ({} checked by revision): {}",
             self.acked_writes,
-            if self.lost_writes.is_empty() { "PASS" } else { "FAIL" }
+            if self.lost_writes.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            }
         );
         for l in self.lost_writes.iter().take(5) {
             let _ = writeln!(s, "    {l}");
@@ -129,7 +148,11 @@ impl Report<'_> {
         let _ = writeln!(
             s,
             "  convergence (serializable reads of every member): {}",
-            if self.convergence.is_empty() { "PASS" } else { "FAIL" }
+            if self.convergence.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            }
         );
         for l in self.convergence {
             let _ = writeln!(s, "    {l}");
@@ -141,7 +164,11 @@ impl Report<'_> {
                 self.unknown_sources
             );
         }
-        let _ = writeln!(s, "\nverdict: {}", if self.passed() { "PASS" } else { "FAIL" });
+        let _ = writeln!(
+            s,
+            "\nverdict: {}",
+            if self.passed() { "PASS" } else { "FAIL" }
+        );
         s
     }
 }
@@ -183,7 +210,10 @@ pub fn render_svg(ops: &[Op], faults: &[Fault]) -> String {
             (x1 - x0).max(1.0),
             LAT_H + TP_H + 30.0,
             f.kind.name(),
-            f.detail.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;"),
+            f.detail
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;"),
             f.kind.name()
         );
     }

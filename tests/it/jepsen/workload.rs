@@ -56,12 +56,7 @@ fn classify(e: &etcd_client::Error) -> Outcome {
     }
 }
 
-pub async fn run_client(
-    process: usize,
-    endpoint: String,
-    cfg: Arc<Config>,
-    hist: Arc<History>,
-) {
+pub async fn run_client(process: usize, endpoint: String, cfg: Arc<Config>, hist: Arc<History>) {
     let mut rng = Rng::new(cfg.seed ^ (process as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut client: Option<Client> = None;
     let mut last_seen: Vec<Option<String>> = vec![None; cfg.keys.len()];
@@ -95,14 +90,26 @@ pub async fn run_client(
         let res = tokio::time::timeout(OP_TIMEOUT, async {
             match &kind {
                 OpKind::Read => c.get(key.as_str(), None).await.map(|r| {
-                    Ret::Read(r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+                    Ret::Read(
+                        r.kvs()
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                    )
                 }),
-                OpKind::Write(v) => c.put(key.as_str(), v.as_str(), None).await.map(|r| Ret::Write {
-                    rev: r.header().map(|h| h.revision()).unwrap_or(-1),
-                }),
+                OpKind::Write(v) => {
+                    c.put(key.as_str(), v.as_str(), None)
+                        .await
+                        .map(|r| Ret::Write {
+                            rev: r.header().map(|h| h.revision()).unwrap_or(-1),
+                        })
+                }
                 OpKind::Cas { expected, new } => {
                     let txn = Txn::new()
-                        .when([Compare::value(key.as_str(), CompareOp::Equal, expected.as_str())])
+                        .when([Compare::value(
+                            key.as_str(),
+                            CompareOp::Equal,
+                            expected.as_str(),
+                        )])
                         .and_then([TxnOp::put(key.as_str(), new.as_str(), None)])
                         .or_else([TxnOp::get(key.as_str(), None)]);
                     c.txn(txn).await.map(|r| {
@@ -134,7 +141,9 @@ pub async fn run_client(
                             last_seen[ki] = Some(v.clone())
                         }
                     }
-                    Ret::Cas { succeeded: true, .. } => {
+                    Ret::Cas {
+                        succeeded: true, ..
+                    } => {
                         if let OpKind::Cas { new, .. } = &kind {
                             last_seen[ki] = Some(new.clone())
                         }
