@@ -14,7 +14,7 @@
 //! - `OXCD_JEPSEN_NEMESIS` comma-separated kinds (default all: kill,
 //!   kill-leader, pause, pause-leader, partition-leader, partition-halves, slow,
 //!   client-blackhole)
-//! - `OXCD_JEPSEN_WORKLOAD` (`register`, the only one so far)
+//! - `OXCD_JEPSEN_WORKLOAD`: `register,watch` (default) or `register`
 //! - `OXCD_JEPSEN_MEMBERS` (3 or 5; default 3), `OXCD_JEPSEN_CLIENTS` (default 10)
 
 mod checker;
@@ -22,6 +22,7 @@ mod history;
 mod nemesis;
 mod proxy;
 mod report;
+mod watch;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -79,6 +80,8 @@ struct Params {
     members: usize,
     clients: usize,
     kinds: Vec<nemesis::Kind>,
+    /// Run the watch workload beside the registers.
+    watch: bool,
     /// Extra server flags (the unsafe test-only switch).
     server_args: Vec<&'static str>,
     /// For the report's rerun line.
@@ -113,16 +116,20 @@ fn params_from_env() -> Params {
             .collect(),
         _ => nemesis::Kind::ALL.to_vec(),
     };
-    match std::env::var("OXCD_JEPSEN_WORKLOAD").as_deref() {
-        Ok("register") | Ok("") | Err(_) => {}
-        Ok(w) => panic!("OXCD_JEPSEN_WORKLOAD={w:?}: only `register` exists so far"),
-    }
+    let watch = match std::env::var("OXCD_JEPSEN_WORKLOAD").as_deref() {
+        Ok("register,watch") | Ok("watch,register") | Ok("watch") | Ok("") | Err(_) => true,
+        Ok("register") => false,
+        Ok(w) => panic!(
+            "OXCD_JEPSEN_WORKLOAD={w:?}: `register,watch` or `register` (append and leases are not built yet)"
+        ),
+    };
     Params {
         seed,
         time_limit,
         members,
         clients,
         kinds,
+        watch,
         server_args: vec![],
         test_name: "jepsen::quick",
     }
@@ -164,6 +171,7 @@ async fn run(p: Params) -> RunResult {
         members,
         clients,
         kinds,
+        watch,
         server_args,
         test_name,
     } = p;
@@ -195,6 +203,19 @@ async fn run(p: Params) -> RunResult {
         seed,
         max_ops_per_client: 1_000_000,
     });
+    let target_rev = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut watchers = Vec::new();
+    if watch {
+        for i in 0..members {
+            watchers.push(tokio::spawn(watch::run_watcher(
+                format!("watcher on m{i}"),
+                net.client_endpoint(i),
+                "jepsen/",
+                target_rev.clone(),
+                until + Duration::from_secs(150),
+            )));
+        }
+    }
     let mut tasks = Vec::new();
     for p in 0..clients {
         tasks.push(tokio::spawn(workload::run_client(
@@ -252,6 +273,59 @@ async fn run(p: Params) -> RunResult {
         found.push(got.unwrap_or_else(|| panic!("cannot read {} at revision {}", w.key, w.rev)));
     }
     let lost = checker::check_lost_writes(&acked, &found);
+
+    // Watch: every watcher must reach the final revision; then a reference
+    // replay from revision 1 on a healed member.
+    let mut watch_result = None;
+    if watch {
+        let mut c0 = cluster.member(0).client().await;
+        let final_rev = crate::support::current_rev(&mut c0).await;
+        target_rev.store(final_rev, std::sync::atomic::Ordering::SeqCst);
+        let mut logs = Vec::new();
+        for w in watchers {
+            logs.push(
+                tokio::time::timeout(Duration::from_secs(160), w)
+                    .await
+                    .expect("watcher did not stop")
+                    .expect("watcher panicked"),
+            );
+        }
+        let reference = watch::run_watcher(
+            "reference".into(),
+            cluster.member(0).endpoint(),
+            "jepsen/",
+            target_rev.clone(),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await;
+        let attempted: std::collections::HashSet<(String, String)> = ops
+            .iter()
+            .filter_map(|o| match &o.kind {
+                history::OpKind::Write(v) => Some((o.key.clone(), v.clone())),
+                history::OpKind::Cas { new, .. } => Some((o.key.clone(), new.clone())),
+                history::OpKind::Read => None,
+            })
+            .collect();
+        let mut bad = watch::check_watch(&logs, &reference.events, &acked, &attempted);
+        if reference.events.last().map(|e| e.0) != Some(final_rev) {
+            bad.push(format!(
+                "reference replay ended at {:?}, final revision {final_rev}",
+                reference.events.last().map(|e| e.0)
+            ));
+        }
+        let summary: Vec<String> = logs
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}: {} events, {} watch streams",
+                    l.name,
+                    l.events.len(),
+                    l.watches
+                )
+            })
+            .collect();
+        watch_result = Some((bad, summary));
+    }
 
     // Convergence: every member's serializable view, polled until equal (bounded).
     let mut convergence = vec!["not checked".to_string()];
@@ -323,6 +397,7 @@ async fn run(p: Params) -> RunResult {
         lost_writes: &lost,
         acked_writes: acked.len(),
         convergence: &convergence,
+        watch: watch_result.as_ref(),
         unknown_sources,
         wall_s: wall.elapsed().as_secs_f64(),
     };

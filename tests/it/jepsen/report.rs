@@ -19,6 +19,8 @@ pub struct Report<'a> {
     pub lost_writes: &'a [String],
     pub acked_writes: usize,
     pub convergence: &'a [String],
+    /// (violations, one summary line per watcher), when the watch workload ran.
+    pub watch: Option<&'a (Vec<String>, Vec<String>)>,
     pub unknown_sources: u64,
     pub wall_s: f64,
 }
@@ -29,6 +31,7 @@ impl Report<'_> {
             && self.linearizable.iter().all(|(_, _, v)| v.passed())
             && self.lost_writes.is_empty()
             && self.convergence.is_empty()
+            && self.watch.is_none_or(|w| w.0.is_empty())
     }
 
     pub fn render(&self) -> String {
@@ -156,6 +159,19 @@ impl Report<'_> {
         );
         for l in self.convergence {
             let _ = writeln!(s, "    {l}");
+        }
+        if let Some((bad, summary)) = self.watch {
+            let _ = writeln!(
+                s,
+                "  watch (once, in order, same values as the KV history): {}",
+                if bad.is_empty() { "PASS" } else { "FAIL" }
+            );
+            for l in summary {
+                let _ = writeln!(s, "    {l}");
+            }
+            for l in bad.iter().take(5) {
+                let _ = writeln!(s, "    {l}");
+            }
         }
         if self.unknown_sources > 0 {
             let _ = writeln!(
