@@ -13,7 +13,7 @@
 //! - `OXCD_JEPSEN_SEED` (default: from the clock; always printed)
 //! - `OXCD_JEPSEN_NEMESIS` comma-separated kinds (default all: kill,
 //!   kill-leader, pause, pause-leader, partition-leader, partition-halves, slow,
-//!   client-blackhole)
+//!   client-blackhole, one-way-leader, bridge)
 //! - `OXCD_JEPSEN_WORKLOAD`: `register,watch` (default) or `register`
 //! - `OXCD_JEPSEN_MEMBERS` (3 or 5; default 3), `OXCD_JEPSEN_CLIENTS` (default 10)
 

@@ -4,7 +4,8 @@
 //! Kinds: kill -9 of a random member or of the leader (restarted at the end
 //! of the window), SIGSTOP/SIGCONT of a random member or of the leader,
 //! partitions through the proxies (leader isolated; a random
-//! minority/majority split), slow peer links, clients cut off from a member.
+//! minority/majority split; bridge; the leader's outgoing links one way),
+//! slow peer links, clients cut off from a member.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +25,14 @@ pub enum Kind {
     Slow,
     /// Blackhole the clients' links to one member (both directions).
     ClientBlackhole,
+    /// The leader's outgoing peer links dropped; it still hears the others.
+    OneWayLeader,
+    /// Two sides that cannot talk, and one member that talks to both.
+    Bridge,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Kill,
         Kind::KillLeader,
         Kind::Pause,
@@ -36,6 +41,8 @@ impl Kind {
         Kind::PartitionHalves,
         Kind::Slow,
         Kind::ClientBlackhole,
+        Kind::OneWayLeader,
+        Kind::Bridge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +55,8 @@ impl Kind {
             Kind::PartitionHalves => "partition-halves",
             Kind::Slow => "slow",
             Kind::ClientBlackhole => "client-blackhole",
+            Kind::OneWayLeader => "one-way-leader",
+            Kind::Bridge => "bridge",
         }
     }
 
@@ -105,12 +114,13 @@ impl Nemesis {
             let kind = self.kinds[rng.below(self.kinds.len() as u64) as usize];
             let hold = Duration::from_millis(2500 + rng.below(3000));
             let leader = match kind {
-                Kind::KillLeader | Kind::PauseLeader | Kind::PartitionLeader => {
-                    match c.leader().await {
-                        Some(l) => l,
-                        None => rng.below(n as u64) as usize,
-                    }
-                }
+                Kind::KillLeader
+                | Kind::PauseLeader
+                | Kind::PartitionLeader
+                | Kind::OneWayLeader => match c.leader().await {
+                    Some(l) => l,
+                    None => rng.below(n as u64) as usize,
+                },
                 _ => rng.below(n as u64) as usize,
             };
             let start_ns = ns(self.t0);
@@ -143,6 +153,24 @@ impl Nemesis {
                     let (minority, majority) = all.split_at(n / 2);
                     detail = format!("partition {minority:?} | {majority:?} for {hold:?}");
                     net.cut(minority, majority, Link::Drop);
+                    tokio::time::sleep(hold).await;
+                    net.heal();
+                }
+                Kind::OneWayLeader => {
+                    detail = format!("drop m{leader} -> others (one way) for {hold:?}");
+                    for j in (0..n).filter(|&j| j != leader) {
+                        net.set(Node::Member(leader), Node::Member(j), Link::Drop);
+                    }
+                    tokio::time::sleep(hold).await;
+                    net.heal();
+                }
+                Kind::Bridge => {
+                    let mut all: Vec<usize> = (0..n).collect();
+                    rng.shuffle(&mut all);
+                    let bridge = all[0];
+                    let (a, b) = all[1..].split_at((n - 1) / 2);
+                    detail = format!("bridge m{bridge} between {a:?} and {b:?} for {hold:?}");
+                    net.cut(a, b, Link::Drop);
                     tokio::time::sleep(hold).await;
                     net.heal();
                 }
