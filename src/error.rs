@@ -32,6 +32,10 @@ pub enum Error {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     /// grpc-go's answer to a message past the server's receive limit
@@ -83,6 +87,8 @@ impl From<crate::mvcc::ApplyError> for Error {
             A::FutureRev => Error::FutureRev,
             A::KeyNotFound => Error::KeyNotFound,
             A::LeaseNotFound => Error::LeaseNotFound,
+            A::LeaseExists => Error::LeaseExist,
+            A::LeaseTtlTooLarge => Error::LeaseTtlTooLarge,
             A::Storage(e) => Error::internal(e),
         }
     }

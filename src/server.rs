@@ -21,10 +21,11 @@ use tonic::transport::Server;
 use crate::api::{self, Context, GRPC_OVERHEAD_BYTES};
 use crate::cluster::Bootstrap;
 use crate::config::{split_urls, Config};
+use crate::lease::{Lessor, LessorConfig};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::raft::log_store::LogStore;
@@ -112,9 +113,14 @@ pub async fn serve(
         .with_context(|| format!("open WAL in {}", config.wal_dir().display()))?;
     let store = Store::open(&data_dir.join("db")).context("open the MVCC store")?;
     let hub = Hub::new(store.clone());
+    let lessor = Lessor::new(
+        LessorConfig::new(config.heartbeat(), config.election()),
+        store.lease_records(),
+    );
     let sm = StateMachine::open(store.clone(), &data_dir.join("snap"))
         .context("open snapshots")?
-        .with_watch_hub(hub.clone());
+        .with_watch_hub(hub.clone())
+        .with_lessor(lessor.clone());
     let directory = sm.directory();
 
     let raft_config = openraft::Config {
@@ -143,6 +149,7 @@ pub async fn serve(
     .context("start raft")?;
 
     let proposer = Proposer::spawn(raft.clone());
+    let api_cell = Arc::new(std::sync::OnceLock::new());
     tokio::spawn(crate::raft::check_quorum::run(
         raft.clone(),
         peers.clone(),
@@ -160,6 +167,7 @@ pub async fn serve(
         let service = PeerServer::new(PeerService::new(
             raft.clone(),
             proposer.clone(),
+            api_cell.clone(),
             boot.cluster_id,
             boot.member_id,
         ))
@@ -203,6 +211,7 @@ pub async fn serve(
         peers,
         proposer,
         store: store.clone(),
+        lessor: lessor.clone(),
         directory,
         log: log_store,
         cluster_id: boot.cluster_id,
@@ -214,6 +223,7 @@ pub async fn serve(
         quota_bytes: config.quota_bytes(),
         request_timeout: Duration::from_secs(5) + config.election() * 2,
     };
+    let _ = api_cell.set(ctx.clone());
     // As etcd: clients are served once this member's attributes are in
     // the cluster's state (immediately after a restart, when they already
     // are), so no client ever sees this member unpublished.
@@ -244,6 +254,10 @@ pub async fn serve(
                     .max_decoding_message_size(max_msg),
             )
             .add_service(
+                LeaseServer::new(api::lease::LeaseService::new(ctx.clone()))
+                    .max_decoding_message_size(max_msg),
+            )
+            .add_service(
                 MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
                     .max_decoding_message_size(max_msg),
             )
@@ -269,6 +283,9 @@ pub async fn serve(
                 .await
         });
     }
+    // The lessor follows leadership on every member; only the leader's
+    // expires leases (through Raft).
+    let lessor_task = tokio::spawn(crate::lease::run(ctx.clone(), lessor, stop_rx.clone()));
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
@@ -283,6 +300,7 @@ pub async fn serve(
             tracing::warn!(error = %e, "a listener failed while stopping");
         }
     }
+    let _ = lessor_task.await;
     raft.shutdown().await.ok();
     store.flush().context("flush the store")?;
     tracing::info!("stopped");

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod status;
 pub mod validate;
@@ -19,6 +20,7 @@ use openraft::error::RaftError;
 use prost::Message;
 
 use crate::error::Error;
+use crate::lease::Lessor;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::log_store::LogStore;
@@ -40,6 +42,8 @@ pub struct Context {
     /// Batches this member's proposals when it leads.
     pub proposer: Proposer,
     pub store: Store,
+    /// Lease deadlines and keepalives (see `crate::lease`).
+    pub lessor: Lessor,
     /// Members' published names and client URLs.
     pub directory: MemberDirectory,
     /// The Raft log, read for Status's committed index.
@@ -215,7 +219,10 @@ impl Context {
     }
 
     /// The current leader and its member record, waiting for one to be known.
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<(MemberId, Member), Error> {
+    pub(crate) async fn wait_for_leader(
+        &self,
+        deadline: Instant,
+    ) -> Result<(MemberId, Member), Error> {
         let mut metrics = self.raft.metrics();
         let known = tokio::time::timeout_at(
             deadline.into(),

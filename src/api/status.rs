@@ -15,10 +15,12 @@ pub fn to_status(e: Error) -> Status {
         | Error::DuplicateKey
         | Error::InvalidSortOption
         | Error::RequestTooLarge => Code::InvalidArgument,
-        Error::Compacted | Error::FutureRev => Code::OutOfRange,
+        Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
         Error::NoSpace | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
         Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
-        Error::NotLeader | Error::BadLeaderTransferee => Code::FailedPrecondition,
+        Error::NotLeader | Error::BadLeaderTransferee | Error::LeaseExist => {
+            Code::FailedPrecondition
+        }
         Error::NoLeader | Error::LeaderChanged | Error::Stopped | Error::Timeout => {
             Code::Unavailable
         }
@@ -58,6 +60,16 @@ mod tests {
         assert_eq!(
             (s.code(), s.message()),
             (Code::NotFound, "etcdserver: requested lease not found")
+        );
+        let s = to_status(Error::LeaseExist);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::FailedPrecondition, "etcdserver: lease already exists")
+        );
+        let s = to_status(Error::LeaseTtlTooLarge);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::OutOfRange, "etcdserver: too large lease TTL")
         );
         let s = to_status(Error::NoLeader);
         assert_eq!(

@@ -40,7 +40,7 @@
 //! | key                                    | value                                  |
 //! |----------------------------------------|----------------------------------------|
 //! | `r` ++ main(u64 BE) ++ sub(u64 BE)     | `[0 put / 1 tombstone]` ++ prost `KeyValue` |
-//! | `l` ++ lease id (u64 BE)               | lease record (owned by `lease/`)       |
+//! | `l` ++ lease id (u64 BE)               | bincode `LeaseRecord` (see [`lease`])  |
 //! | `m` ++ name                            | meta: `current_rev`, `scheduled_compact`, `finished_compact`, `applied`, `installing` |
 //!
 //! Revision keys sort like revisions, so history is a range scan (watch
@@ -72,12 +72,14 @@
 pub mod backend;
 mod compact;
 pub mod key_index;
+pub mod lease;
 #[cfg(test)]
 mod model_tests;
 pub mod revision;
 mod store;
 mod txn;
 
+pub use lease::{LeaseInfo, LeaseRecord, MAX_LEASE_TTL};
 pub use revision::Revision;
 pub use store::{Change, Snapshot, Store};
 pub use txn::{is_txn_readonly, Applier};
@@ -97,6 +99,12 @@ pub enum ApplyError {
     /// etcd `lease.ErrLeaseNotFound`.
     #[error("lease not found")]
     LeaseNotFound,
+    /// etcd `lease.ErrLeaseExists` (a grant of an id in use).
+    #[error("lease already exists")]
+    LeaseExists,
+    /// etcd `lease.ErrLeaseTTLTooLarge` (TTL above [`MAX_LEASE_TTL`]).
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     /// Not an outcome: the storage failed; the member must stop.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -5,6 +5,7 @@
 //! compact revision and fetch values; a compaction chunk and a snapshot
 //! install hold it for writing. Lock order: serial → gate → index.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -15,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::backend::{
-    encode_i64, lease_key, rev_key, Backend, WriteBatch, LEASE_PREFIX, META_APPLIED,
-    META_CURRENT_REV, META_FINISHED_COMPACT, META_INSTALLING, META_SCHEDULED_COMPACT,
+    encode_i64, rev_key, Backend, WriteBatch, LEASE_PREFIX, META_APPLIED, META_CURRENT_REV,
+    META_FINISHED_COMPACT, META_INSTALLING, META_SCHEDULED_COMPACT,
 };
 use super::key_index::{KeyRev, RangeEnd, TreeIndex};
+use super::lease::{LeaseInfo, LeaseRecord, LeaseTable};
 use super::revision::Revision;
 use super::txn::{self, Applier, ReadView};
 use super::{compact, ApplyError, StorageError};
@@ -40,6 +42,9 @@ const SNAPSHOT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Inner {
     pub backend: Backend,
     index: RwLock<TreeIndex>,
+    /// Leases and the keys attached to them (see `lease.rs`); like the
+    /// index, an applier updates it in place before its batch commits.
+    leases: RwLock<LeaseTable>,
     /// Published current revision: everything at or below it is in sled.
     ///
     /// Invariant with `compact_rev`: writers store `current_rev` before
@@ -77,6 +82,12 @@ impl Inner {
     }
     pub fn index_mut(&self) -> RwLockWriteGuard<'_, TreeIndex> {
         self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn leases(&self) -> RwLockReadGuard<'_, LeaseTable> {
+        self.leases.read().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn leases_mut(&self) -> RwLockWriteGuard<'_, LeaseTable> {
+        self.leases.write().unwrap_or_else(|e| e.into_inner())
     }
     pub fn fetch(&self, rev: Revision) -> Result<KeyValue, StorageError> {
         match self.backend.get_rev(rev)? {
@@ -145,12 +156,16 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-fn rebuild_index(backend: &Backend) -> Result<TreeIndex, StorageError> {
+/// Rebuilds the key index and the lease table (whose attachments come from
+/// each live key's newest value) in one pass over history.
+fn rebuild_index(backend: &Backend) -> Result<(TreeIndex, LeaseTable), StorageError> {
     let mut index = TreeIndex::default();
+    let mut attached: HashMap<Vec<u8>, i64> = HashMap::new();
     for item in backend.scan_revs(0, i64::MAX) {
         let (rev, stored) = item?;
         if stored.tombstone {
             index.tombstone(&stored.kv.key, rev);
+            attached.remove(&stored.kv.key);
         } else {
             index.restore(
                 &stored.kv.key,
@@ -158,9 +173,15 @@ fn rebuild_index(backend: &Backend) -> Result<TreeIndex, StorageError> {
                 rev,
                 stored.kv.version,
             );
+            if stored.kv.lease != 0 {
+                attached.insert(stored.kv.key, stored.kv.lease);
+            } else {
+                attached.remove(&stored.kv.key);
+            }
         }
     }
-    Ok(index)
+    let leases = LeaseTable::load(backend, attached)?;
+    Ok((index, leases))
 }
 
 struct Meta {
@@ -199,11 +220,12 @@ impl Store {
             backend.flush()?;
         }
         let meta = read_meta(&backend)?;
-        let index = rebuild_index(&backend)?;
+        let (index, leases) = rebuild_index(&backend)?;
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             backend,
             index: RwLock::new(index),
+            leases: RwLock::new(leases),
             current_rev: AtomicI64::new(meta.current),
             compact_rev: AtomicI64::new(meta.scheduled),
             finished_rev: AtomicI64::new(meta.finished),
@@ -311,9 +333,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether a lease id exists in the `l` keyspace.
+    /// Whether lease `id` exists (granted and not revoked).
     pub fn lease_exists(&self, id: i64) -> Result<bool, StorageError> {
-        self.inner.backend.contains(&lease_key(id))
+        Ok(self.inner.leases().contains(id))
+    }
+
+    /// Lease `id` with its attached keys, if it exists.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.inner.leases().get(id)
+    }
+
+    /// Every lease, by id.
+    pub fn lease_records(&self) -> Vec<LeaseRecord> {
+        self.inner.leases().records()
     }
 
     /// Start applying committed entries; only the Raft state machine calls
@@ -468,8 +500,9 @@ impl Store {
         backend.apply(batch)?;
         backend.flush()?;
 
-        let index = rebuild_index(backend)?;
+        let (index, leases) = rebuild_index(backend)?;
         *self.inner.index_mut() = index;
+        *self.inner.leases_mut() = leases;
         // Current before compact: see `Inner::current_rev`.
         self.inner.current_rev.store(revision, Ordering::SeqCst);
         self.inner

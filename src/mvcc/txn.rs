@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{atomic::Ordering, MutexGuard};
 
 use super::backend::{
-    encode_i64, encode_stored, lease_key, rev_key, WriteBatch, META_APPLIED, META_CURRENT_REV,
+    encode_i64, encode_stored, rev_key, WriteBatch, META_APPLIED, META_CURRENT_REV,
     META_SCHEDULED_COMPACT,
 };
 use super::key_index::{KeyRev, RangeEnd};
@@ -389,13 +389,13 @@ pub(crate) fn txn_readonly<V: ReadView + ?Sized>(
 /// An applier that changed something and is dropped without commit leaves
 /// the in-memory index ahead of sled: treat it like a storage failure (stop).
 pub struct Applier<'a> {
-    inner: &'a Inner,
+    pub(super) inner: &'a Inner,
     _serial: MutexGuard<'a, ()>,
-    batch: WriteBatch,
+    pub(super) batch: WriteBatch,
     /// Values written by this applier, not yet in sled.
     pending: HashMap<Revision, KeyValue>,
     /// Current revision including this applier's changes.
-    rev: i64,
+    pub(super) rev: i64,
     /// Compact revision including this applier's compactions.
     compact_rev: i64,
     start_rev: i64,
@@ -452,17 +452,13 @@ impl<'a> Applier<'a> {
         }
     }
 
-    fn end_request(&mut self) -> i64 {
+    pub(super) fn end_request(&mut self) -> i64 {
         if self.changes > 0 {
             self.rev = self.begin_rev + 1;
         }
         self.begin_rev = self.rev;
         self.changes = 0;
         self.rev
-    }
-
-    fn lease_exists(&self, id: i64) -> Result<bool, StorageError> {
-        self.inner.backend.contains(&lease_key(id))
     }
 
     /// etcd `storeTxnWrite.put`; returns the header revision.
@@ -484,6 +480,7 @@ impl<'a> Applier<'a> {
         };
         index.put(key, idx_rev);
         drop(index);
+        self.inner.leases_mut().on_put(key, lease);
         self.batch
             .insert(&rev_key(idx_rev), &encode_stored(&kv, false));
         self.log.push(Change {
@@ -497,7 +494,7 @@ impl<'a> Applier<'a> {
     }
 
     /// etcd `storeTxnWrite.deleteRange`; returns the number deleted.
-    fn delete_kvs(&mut self, key: &[u8], end: RangeEnd<'_>) -> i64 {
+    pub(super) fn delete_kvs(&mut self, key: &[u8], end: RangeEnd<'_>) -> i64 {
         let at = self.rev();
         let (pairs, _) = self.inner.index().revisions(key, end, at, 0);
         for (k, _) in &pairs {
@@ -508,6 +505,7 @@ impl<'a> Applier<'a> {
                 ..Default::default()
             };
             self.inner.index_mut().tombstone(k, idx_rev);
+            self.inner.leases_mut().detach(k);
             self.batch
                 .insert(&rev_key(idx_rev), &encode_stored(&tomb, true));
             self.log.push(Change {
@@ -562,7 +560,7 @@ impl<'a> Applier<'a> {
     }
 
     pub fn put(&mut self, p: &PutRequest) -> Result<PutResponse, ApplyError> {
-        if p.lease != 0 && !self.lease_exists(p.lease)? {
+        if p.lease != 0 && !self.lease_exists(p.lease) {
             return Err(ApplyError::LeaseNotFound);
         }
         let resp = self.apply_put(p);
@@ -595,7 +593,7 @@ impl<'a> Applier<'a> {
                 return Err(ApplyError::KeyNotFound);
             }
         }
-        if p.lease != 0 && !self.lease_exists(p.lease)? {
+        if p.lease != 0 && !self.lease_exists(p.lease) {
             return Err(ApplyError::LeaseNotFound);
         }
         Ok(())

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use super::types::{LogId, Member, MemberId, Request, Response, TypeConfig};
+use crate::proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use crate::proto::oxcdpeerpb::peer_client::PeerClient;
 use crate::proto::oxcdpeerpb::PeerMessage;
 
@@ -166,6 +167,8 @@ impl Peers {
             Method::Propose => client.propose(request).await,
             Method::ReadIndex => client.read_index(request).await,
             Method::Ping => client.ping(request).await,
+            Method::LeaseRenew => client.lease_renew(request).await,
+            Method::LeaseTimeToLive => client.lease_time_to_live(request).await,
         }
         .map_err(|s| PeerError::Rpc(target, s))?;
         bincode::deserialize(&answer.into_inner().data)
@@ -181,6 +184,31 @@ impl Peers {
         timeout: Duration,
     ) -> Result<ProposeResult, PeerError> {
         self.call(leader, node, Method::Propose, req, timeout).await
+    }
+
+    /// Forwards a lease keepalive to the leader: the granted TTL, 0 for an
+    /// unknown lease.
+    pub async fn lease_renew(
+        &self,
+        leader: MemberId,
+        node: &Member,
+        id: i64,
+        timeout: Duration,
+    ) -> Result<Result<i64, ForwardError>, PeerError> {
+        self.call(leader, node, Method::LeaseRenew, &id, timeout)
+            .await
+    }
+
+    /// Forwards a LeaseTimeToLive to the leader (header left to the caller).
+    pub async fn lease_time_to_live(
+        &self,
+        leader: MemberId,
+        node: &Member,
+        req: &LeaseTimeToLiveRequest,
+        timeout: Duration,
+    ) -> Result<Result<LeaseTimeToLiveResponse, ForwardError>, PeerError> {
+        self.call(leader, node, Method::LeaseTimeToLive, req, timeout)
+            .await
     }
 
     /// Asks a peer whom it follows.
@@ -213,6 +241,8 @@ enum Method {
     Propose,
     ReadIndex,
     Ping,
+    LeaseRenew,
+    LeaseTimeToLive,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Peers {

@@ -2,6 +2,8 @@
 //! URLs. Raft RPCs are handed to openraft; forwarded writes and ReadIndex
 //! requests are served only by the leader.
 
+use std::sync::{Arc, OnceLock};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -16,15 +18,25 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 pub struct PeerService {
     raft: Raft,
     proposer: Proposer,
+    /// The client-API context, for the lease calls; set once it exists
+    /// (the peer service starts first, so that elections can run).
+    api: Arc<OnceLock<crate::api::Context>>,
     cluster_id: u64,
     member_id: u64,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, proposer: Proposer, cluster_id: u64, member_id: u64) -> Self {
+    pub fn new(
+        raft: Raft,
+        proposer: Proposer,
+        api: Arc<OnceLock<crate::api::Context>>,
+        cluster_id: u64,
+        member_id: u64,
+    ) -> Self {
         PeerService {
             raft,
             proposer,
+            api,
             cluster_id,
             member_id,
         }
@@ -90,6 +102,30 @@ impl Peer for PeerService {
             ))
         } else {
             self.proposer.propose(write).await
+        };
+        self.reply(&result)
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let id: i64 = self.open(req)?;
+        let result = match self.api.get() {
+            Some(ctx) => crate::api::lease::renew_here(ctx, id).await,
+            None => Err(ForwardError::NotLeader(None)),
+        };
+        self.reply(&result)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let r: crate::proto::etcdserverpb::LeaseTimeToLiveRequest = self.open(req)?;
+        let result = match self.api.get() {
+            Some(ctx) => crate::api::lease::time_to_live_here(ctx, &r).await,
+            None => Err(ForwardError::NotLeader(None)),
         };
         self.reply(&result)
     }

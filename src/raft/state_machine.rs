@@ -29,6 +29,7 @@ use super::types::{
     ApplyError, LogId, MemberAttributes, MemberDirectory, MemberId, Request, Response,
     SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::lease::Lessor;
 use crate::mvcc::{self, Applier, Store};
 use crate::watch::Hub;
 
@@ -47,10 +48,50 @@ pub struct StateMachine {
     applied: AppliedState,
     /// Path and meta of the newest complete snapshot file.
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+    /// Told about applied lease entries and applied terms (see `lease`).
+    lessor: Option<Lessor>,
     /// Watchers hear of each committed batch, after it is in sled.
     watch: Option<Hub>,
     /// `applied.attributes`, readable by the Cluster API.
     directory: MemberDirectory,
+}
+
+/// What the lessor hears from one applied entry, once its batch committed.
+enum LeaseEvent {
+    Granted(i64, i64),
+    Revoked(i64),
+    Checkpointed(Vec<crate::proto::etcdserverpb::LeaseCheckpoint>),
+}
+
+impl LeaseEvent {
+    /// The events of one applied request (a batch's, in order).
+    fn collect(req: &Request, resp: &Response, out: &mut Vec<LeaseEvent>) {
+        match (req, resp) {
+            (Request::LeaseGrant(_), Response::LeaseGrant(r)) => {
+                out.push(LeaseEvent::Granted(r.id, r.ttl))
+            }
+            (Request::LeaseRevoke(r), Response::LeaseRevoke(_)) => {
+                out.push(LeaseEvent::Revoked(r.id))
+            }
+            (Request::LeaseCheckpoint(r), Response::LeaseCheckpoint(_)) => {
+                out.push(LeaseEvent::Checkpointed(r.checkpoints.clone()))
+            }
+            (Request::Batch(reqs), Response::Batch(resps)) => {
+                for (req, resp) in reqs.iter().zip(resps) {
+                    Self::collect(req, resp, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver(self, lessor: &Lessor) {
+        match self {
+            LeaseEvent::Granted(id, ttl) => lessor.granted(id, ttl),
+            LeaseEvent::Revoked(id) => lessor.revoked(id),
+            LeaseEvent::Checkpointed(cps) => lessor.checkpointed(&cps),
+        }
+    }
 }
 
 impl StateMachine {
@@ -80,6 +121,7 @@ impl StateMachine {
             directory: Arc::new(RwLock::new(applied.attributes.clone())),
             applied,
             current: Arc::new(Mutex::new(current)),
+            lessor: None,
             watch: None,
         })
     }
@@ -95,6 +137,18 @@ impl StateMachine {
             Some(bytes) => bincode::deserialize(&bytes).map_err(std::io::Error::other)?,
             None => AppliedState::default(),
         })
+    }
+
+    /// Reports applied lease entries (and the term of the newest applied
+    /// entry, which decides the lessor's promotion) to `lessor`.
+    pub fn with_lessor(mut self, lessor: Lessor) -> StateMachine {
+        // `open` may have reinstalled a snapshot: start from the store.
+        lessor.recover(self.store.lease_records());
+        if let Some(last) = self.applied.last_applied {
+            lessor.applied_term(last.leader_id.term);
+        }
+        self.lessor = Some(lessor);
+        self
     }
 
     /// Members' published attributes, kept current by apply.
@@ -155,6 +209,9 @@ impl StateMachine {
             Request::DeleteRange(r) => a.delete_range(r).map(Response::DeleteRange),
             Request::Txn(r) => a.txn(r).map(Response::Txn),
             Request::Compaction(r) => a.compact(r).map(Response::Compaction),
+            Request::LeaseGrant(r) => a.lease_grant(r).map(Response::LeaseGrant),
+            Request::LeaseRevoke(r) => a.lease_revoke(r).map(Response::LeaseRevoke),
+            Request::LeaseCheckpoint(r) => a.lease_checkpoint(r).map(Response::LeaseCheckpoint),
         };
         match r {
             Ok(resp) => Ok(resp),
@@ -163,6 +220,10 @@ impl StateMachine {
             Err(mvcc::ApplyError::KeyNotFound) => Ok(Response::Rejected(ApplyError::KeyNotFound)),
             Err(mvcc::ApplyError::LeaseNotFound) => {
                 Ok(Response::Rejected(ApplyError::LeaseNotFound))
+            }
+            Err(mvcc::ApplyError::LeaseExists) => Ok(Response::Rejected(ApplyError::LeaseExists)),
+            Err(mvcc::ApplyError::LeaseTtlTooLarge) => {
+                Ok(Response::Rejected(ApplyError::LeaseTtlTooLarge))
             }
             Err(mvcc::ApplyError::Storage(e)) => Err(StorageIOError::apply(log_id, &e).into()),
         }
@@ -316,12 +377,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut a = self.store.begin_apply();
         let mut out = Vec::new();
+        let mut events = Vec::new();
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
             out.push(match &entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(req) => {
-                    Self::apply_request(&mut a, &mut self.applied.attributes, entry.log_id, req)?
+                    let resp = Self::apply_request(
+                        &mut a,
+                        &mut self.applied.attributes,
+                        entry.log_id,
+                        req,
+                    )?;
+                    LeaseEvent::collect(req, &resp, &mut events);
+                    resp
                 }
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -337,6 +406,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let changes = a
             .commit()
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        if let Some(lessor) = &self.lessor {
+            for ev in events {
+                ev.deliver(lessor);
+            }
+            if let Some(last) = self.applied.last_applied {
+                lessor.applied_term(last.leader_id.term);
+            }
+        }
         if let Some(hub) = &self.watch {
             hub.publish(changes); // non-blocking: apply never waits for watchers
         }
@@ -435,6 +512,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         publish_snapshot(&self.current, &self.snap_dir, meta, &path);
         if let Some(hub) = &self.watch {
             hub.restored(self.store.current_revision());
+        }
+        if let Some(lessor) = &self.lessor {
+            lessor.recover(self.store.lease_records());
+            if let Some(last) = meta.last_log_id {
+                lessor.applied_term(last.leader_id.term);
+            }
         }
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())

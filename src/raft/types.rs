@@ -11,8 +11,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 openraft::declare_raft_types!(
@@ -70,6 +71,13 @@ pub enum Request {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compaction(CompactionRequest),
+    /// A grant whose id and TTL the proposer fixed (never 0, raised to the
+    /// minimum TTL), so applying it needs no clock and no randomness.
+    LeaseGrant(LeaseGrantRequest),
+    /// A client's revoke, or the leader's on expiry.
+    LeaseRevoke(LeaseRevokeRequest),
+    /// The leader's record of remaining TTLs (see `crate::lease`).
+    LeaseCheckpoint(LeaseCheckpointRequest),
     /// A member announces its name and client URLs (etcd's "publish"), so
     /// that every member's MemberList shows them.
     Publish(MemberAttributes),
@@ -88,6 +96,9 @@ impl Request {
             Request::DeleteRange(r) => r.encoded_len(),
             Request::Txn(r) => r.encoded_len(),
             Request::Compaction(r) => r.encoded_len(),
+            Request::LeaseGrant(r) => r.encoded_len(),
+            Request::LeaseRevoke(r) => r.encoded_len(),
+            Request::LeaseCheckpoint(r) => r.encoded_len(),
             Request::Batch(reqs) => reqs.iter().map(Request::encoded_len).sum(),
             Request::Publish(m) => {
                 m.name.len() + m.client_urls.iter().map(String::len).sum::<usize>()
@@ -103,6 +114,9 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
     /// The responses to a [`Request::Batch`], in order.
     Batch(Vec<Response>),
     /// A request the state machine rejected; it changed nothing.
@@ -118,6 +132,8 @@ pub enum ApplyError {
     FutureRev,
     KeyNotFound,
     LeaseNotFound,
+    LeaseExists,
+    LeaseTtlTooLarge,
 }
 
 impl From<ApplyError> for crate::error::Error {
@@ -128,6 +144,8 @@ impl From<ApplyError> for crate::error::Error {
             ApplyError::FutureRev => Error::FutureRev,
             ApplyError::KeyNotFound => Error::KeyNotFound,
             ApplyError::LeaseNotFound => Error::LeaseNotFound,
+            ApplyError::LeaseExists => Error::LeaseExist,
+            ApplyError::LeaseTtlTooLarge => Error::LeaseTtlTooLarge,
         }
     }
 }

@@ -158,9 +158,12 @@ async fn ignore_value_and_ignore_lease() {
         "etcdserver: key not found",
     );
     unchanged(&mut c, 2).await;
-    // The valid uses. ignore_value keeps the value, ignore_lease the lease
-    // (lease-carrying variants of these checks land with the Lease service).
-    c.put("k", "v", None).await.unwrap(); // 3
+    // The valid uses. ignore_value keeps the value; the lease is still taken
+    // from the request unless ignore_lease is set too.
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    c.put("k", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap(); // 3
     let r = c
         .put(
             "k",
@@ -179,8 +182,10 @@ async fn ignore_value_and_ignore_lease() {
     let kv = c.get("k", None).await.unwrap().kvs()[0].clone();
     assert_eq!(
         (kv.value(), kv.mod_revision(), kv.version(), kv.lease()),
-        (&b"v"[..], 4, 3, 0)
+        (&b"v"[..], 4, 3, lease)
     );
+    // ignore_value alone: the value stays, the lease is dropped (lease 0 in
+    // the request)!
     c.put("k", "", Some(PutOptions::new().with_ignore_value()))
         .await
         .unwrap(); // 5
@@ -189,14 +194,21 @@ async fn ignore_value_and_ignore_lease() {
         (kv.value(), kv.mod_revision(), kv.version(), kv.lease()),
         (&b"v"[..], 5, 4, 0)
     );
-    c.put("k", "v2", Some(PutOptions::new().with_ignore_lease()))
+    // ignore_lease keeps the lease while changing the value.
+    c.put("k", "v", Some(PutOptions::new().with_lease(lease)))
         .await
         .unwrap(); // 6
+    c.put("k", "v2", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .unwrap(); // 7
     let kv = c.get("k", None).await.unwrap().kvs()[0].clone();
     assert_eq!(
-        (kv.value(), kv.lease(), kv.version(), kv.mod_revision()),
-        (&b"v2"[..], 0, 5, 6)
+        (kv.value(), kv.lease(), kv.version()),
+        (&b"v2"[..], lease, 6)
     );
+    // A plain put without a lease drops it.
+    c.put("k", "v3", None).await.unwrap();
+    assert_eq!(c.get("k", None).await.unwrap().kvs()[0].lease(), 0);
 }
 
 #[tokio::test]
@@ -298,6 +310,16 @@ async fn put_with_unknown_lease() {
             Some(PutOptions::new().with_lease(0x1234_5678)),
         )]))
         .await,
+        Code::NotFound,
+        NF,
+    );
+    unchanged(&mut c, 2).await;
+    // A revoked lease is unknown too.
+    let id = c.lease_grant(60, None).await.unwrap().id();
+    c.lease_revoke(id).await.unwrap();
+    assert_grpc(
+        c.put("k", "x", Some(PutOptions::new().with_lease(id)))
+            .await,
         Code::NotFound,
         NF,
     );

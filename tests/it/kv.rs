@@ -514,7 +514,10 @@ async fn txn_compare_targets_and_operators() {
     put(&mut c, "x", "m").await; // 2
     put(&mut c, "other", "_").await; // 3
     put(&mut c, "x", "m").await; // 4: x create 2, mod 4, version 2, value m
-    put(&mut c, "l", "v").await; // 5: no lease
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    c.put("l", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap(); // 5
     use CompareOp::*;
     let cases: Vec<(Compare, bool)> = vec![
         (Compare::version("x", Equal, 2), true),
@@ -541,11 +544,11 @@ async fn txn_compare_targets_and_operators() {
         (Compare::value("x", Less, "m"), false),
         (Compare::value("x", NotEqual, "n"), true),
         (Compare::value("x", NotEqual, "m"), false),
-        (Compare::lease("l", Equal, 0), true),
-        (Compare::lease("l", NotEqual, 0), false),
-        (Compare::lease("l", Greater, 0), false),
-        (Compare::lease("x", Less, 1), true),
-        (Compare::lease("x", NotEqual, 7), true),
+        (Compare::lease("l", Equal, lease), true),
+        (Compare::lease("l", NotEqual, lease), false),
+        (Compare::lease("l", Greater, 0), true),
+        (Compare::lease("x", Equal, 0), true),
+        (Compare::lease("x", Less, lease), true),
         // A missing key compares as version 0, create 0, mod 0, lease 0 ...
         (Compare::version("missing", Equal, 0), true),
         (Compare::create_revision("missing", Equal, 0), true),

@@ -10,6 +10,7 @@ mod errors;
 mod etcdctl;
 mod jepsen;
 mod kv;
+mod lease;
 mod support;
 mod tls;
 mod watch;
