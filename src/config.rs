@@ -127,6 +127,12 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
 
+    /// TEST ONLY, UNSAFE: serve linearizable reads from local state without
+    /// the ReadIndex barrier (stale reads). Exists so the Jepsen-style tests
+    /// can prove their checker catches a broken read path (issue 6).
+    #[arg(long, hide = true)]
+    pub unsafe_no_read_barrier: bool,
+
     /// Path to the client server TLS cert file.
     #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,

@@ -232,6 +232,7 @@ pub async fn serve(
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,
+        unsafe_no_read_barrier: config.unsafe_no_read_barrier,
         max_request_bytes: config.max_request_bytes as usize,
         max_recv_bytes: config.max_request_bytes as usize + GRPC_OVERHEAD_BYTES,
         quota_bytes: config.quota_bytes(),

@@ -52,6 +52,8 @@ pub struct Context {
     pub cluster_id: u64,
     pub member_id: MemberId,
     pub max_txn_ops: usize,
+    /// TEST ONLY (hidden `--unsafe-no-read-barrier`): skip `read_barrier`.
+    pub unsafe_no_read_barrier: bool,
     pub max_request_bytes: usize,
     /// The gRPC receive limit: `max_request_bytes` + [`GRPC_OVERHEAD_BYTES`].
     pub max_recv_bytes: usize,
@@ -183,6 +185,9 @@ impl Context {
     /// leadership with a quorum and names the index a read must see; this
     /// member then waits until its store has applied that index.
     pub async fn read_barrier(&self) -> Result<(), Error> {
+        if self.unsafe_no_read_barrier {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let (leader, node) = self.wait_for_leader(deadline).await?;

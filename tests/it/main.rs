@@ -11,6 +11,7 @@ mod durability;
 mod errors;
 mod etcdctl;
 mod health;
+mod jepsen;
 mod kv;
 mod lease;
 mod support;

@@ -543,6 +543,10 @@ pub struct Member {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// The peer port other members are told about (`--initial-advertise-peer-urls`,
+    /// `--initial-cluster`): `peer_port` itself, or a fault-injecting proxy's
+    /// port in front of it (`TestCluster::start_proxied`).
+    advertised_peer_port: u16,
     /// `m0=http://127.0.0.1:P0,...`, the same string on every member.
     initial_cluster: String,
     token: String,
@@ -565,6 +569,25 @@ impl Member {
 
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// The peer URL the other members dial (a proxy's, when proxied).
+    pub fn advertised_peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.advertised_peer_port)
+    }
+
+    /// The ports the process itself listens on: (client, peer).
+    pub fn listen_ports(&self) -> (u16, u16) {
+        (self.client_port, self.peer_port)
+    }
+
+    /// The OS process id while a process is started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -633,7 +656,7 @@ impl Member {
             .args(["--listen-client-urls", &self.endpoint()])
             .args(["--advertise-client-urls", &self.endpoint()])
             .args(["--listen-peer-urls", &self.peer_url()])
-            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.advertised_peer_url()])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
@@ -801,12 +824,27 @@ impl TestCluster {
 
     /// Like `start`, with extra server flags on every member.
     pub async fn start_with(n: usize, args: &[&str]) -> TestCluster {
+        Self::start_proxied(n, args, None, &|_| ()).await
+    }
+
+    /// Like `start_with`; with `advertised` (one port per member), every
+    /// member is told that member i's peer URL is `127.0.0.1:advertised[i]`
+    /// (a proxy's), while i listens on a port of its own. `on_spawn` is called
+    /// after every (re)spawn of the processes, before waiting for readiness,
+    /// so the proxies learn where to forward to.
+    pub async fn start_proxied(
+        n: usize,
+        args: &[&str],
+        advertised: Option<&[u16]>,
+        on_spawn: &dyn Fn(&TestCluster),
+    ) -> TestCluster {
         assert!(n >= 1 && n % 2 == 1, "odd-sized clusters only, not {n}");
         // Ports are picked then released, so another process can take one
         // before the member binds it: start over with new ports when that is
         // why startup failed.
         for attempt in 1..=3 {
-            let mut c = Self::spawn(n, args);
+            let mut c = Self::spawn(n, args, advertised);
+            on_spawn(&c);
             match c.wait_all_ready(CLUSTER_READY_TIMEOUT).await {
                 Ok(()) => return c,
                 Err(e)
@@ -826,16 +864,23 @@ impl TestCluster {
         unreachable!()
     }
 
-    fn spawn(n: usize, args: &[&str]) -> TestCluster {
+    fn spawn(n: usize, args: &[&str], advertised: Option<&[u16]>) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("oxcd-it-cluster-")
             .tempdir()
             .expect("tempdir");
         let ports = free_port_pairs(n);
-        let initial_cluster = ports
+        let adv: Vec<u16> = match advertised {
+            Some(a) => {
+                assert_eq!(a.len(), n, "one advertised peer port per member");
+                a.to_vec()
+            }
+            None => ports.iter().map(|&(_, p)| p).collect(),
+        };
+        let initial_cluster = adv
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
         let token = unique_token();
@@ -849,6 +894,7 @@ impl TestCluster {
                 dir: dir.path().join(format!("m{i}")),
                 client_port,
                 peer_port,
+                advertised_peer_port: adv[i],
                 initial_cluster: initial_cluster.clone(),
                 token: token.clone(),
                 args: args.iter().map(|s| s.to_string()).collect(),
