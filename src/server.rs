@@ -259,18 +259,26 @@ pub async fn serve(
     // As etcd: clients are served once this member's attributes are in
     // the cluster's state (immediately after a restart, when they already
     // are), so no client ever sees this member unpublished.
+    // A stop requested meanwhile (no quorum yet) is honoured at once.
     let own = &boot.members[&boot.member_id];
-    ctx.clone()
-        .publish(own.name.clone(), own.client_urls.clone())
-        .await;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let published = tokio::select! {
+        _ = ctx.clone().publish(own.name.clone(), own.client_urls.clone()) => true,
+        _ = &mut shutdown => false,
+    };
     // Room past the receive limit so that `Context::check_received` answers
     // oversized messages with grpc-go's status, as etcd does.
     let max_msg = ctx.max_recv_bytes.saturating_mul(4);
 
+    let client_listeners = if published {
+        listeners.client
+    } else {
+        Vec::new()
+    };
     for ClientListener {
         listener,
         tls: https,
-    } in listeners.client
+    } in client_listeners
     {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, https, member_id = %format!("{:x}", boot.member_id), "serving client requests");
@@ -322,13 +330,16 @@ pub async fn serve(
     // expires leases (through Raft).
     let lessor_task = tokio::spawn(crate::lease::run(ctx.clone(), lessor, stop_rx.clone()));
 
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutting down"),
-        Some(res) = servers.join_next() => {
-            res??;
-            bail!("a listener stopped unexpectedly");
+    if published {
+        tokio::select! {
+            _ = &mut shutdown => {}
+            Some(res) = servers.join_next() => {
+                res??;
+                bail!("a listener stopped unexpectedly");
+            }
         }
     }
+    tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while let Some(res) = servers.join_next().await {
         if let Ok(Err(e)) = res {
