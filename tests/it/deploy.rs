@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 use crate::support::{target, Target, TestServer};
 
@@ -25,7 +25,7 @@ fn read(rel: &str) -> String {
 /// Every document of a multi-document YAML text (empty ones dropped).
 fn docs(text: &str, what: &str) -> Vec<Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
+    serde_yaml_ng::Deserializer::from_str(text)
         .map(|d| {
             Value::deserialize(d).unwrap_or_else(|e| panic!("{what} is not YAML: {e}\n{text}"))
         })
@@ -308,7 +308,7 @@ fn helm_chart_defaults() {
 
 #[test]
 fn helm_chart_values_reach_the_manifests() {
-    let values: Value = serde_yaml::from_str(
+    let values: Value = serde_yaml_ng::from_str(
         r#"
 replicas: 5
 image: {repository: registry.example/oxcd, tag: "9.9"}
@@ -386,8 +386,8 @@ async fn probed_paths_are_served() {
 /// values.yaml overlaid by `overrides`, as `helm template` would.
 fn render_chart(release: &str, namespace: &str, overrides: &Value) -> String {
     let dir = repo().join("deploy/helm/oxcd");
-    let chart: Value = serde_yaml::from_str(&read("deploy/helm/oxcd/Chart.yaml")).unwrap();
-    let mut values: Value = serde_yaml::from_str(&read("deploy/helm/oxcd/values.yaml")).unwrap();
+    let chart: Value = serde_yaml_ng::from_str(&read("deploy/helm/oxcd/Chart.yaml")).unwrap();
+    let mut values: Value = serde_yaml_ng::from_str(&read("deploy/helm/oxcd/values.yaml")).unwrap();
     merge(&mut values, overrides);
     let mut root = Mapping::new();
     root.insert("Values".into(), values);
@@ -593,7 +593,7 @@ fn to_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        other => serde_yaml::to_string(other).unwrap(),
+        other => serde_yaml_ng::to_string(other).unwrap(),
     }
 }
 
@@ -670,7 +670,7 @@ fn call(f: &str, a: &[Value]) -> Result<Value, String> {
         "toYaml" => {
             want(1)?;
             Value::String(
-                serde_yaml::to_string(&a[0])
+                serde_yaml_ng::to_string(&a[0])
                     .unwrap()
                     .trim_end_matches('\n')
                     .to_string(),
@@ -769,7 +769,7 @@ fn split_top(s: &str, sep: char) -> Vec<&str> {
 #[test]
 fn renderer_follows_go_templates() {
     let root: Value =
-        serde_yaml::from_str("Values: {n: 3, name: x, list: [a, b], empty: ''}").unwrap();
+        serde_yaml_ng::from_str("Values: {n: 3, name: x, list: [a, b], empty: ''}").unwrap();
     let r = |t: &str| render(t, &root).unwrap();
     assert_eq!(r("a {{ .Values.name }} b"), "a x b");
     assert_eq!(r("a  {{- .Values.name -}}  b"), "axb");
