@@ -31,6 +31,7 @@ use crate::proto::oxcdpeerpb::peer_server::PeerServer;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Peers, MAX_PEER_MESSAGE};
 use crate::raft::proposer::Proposer;
+use crate::raft::read_index::ReadIndex;
 use crate::raft::service::PeerService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, TypeConfig};
@@ -140,7 +141,13 @@ pub async fn serve(
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
-        heartbeat_interval: config.heartbeat_interval,
+        // openraft times every AppendEntries out after one heartbeat
+        // interval, so with etcd's 100 ms a peer link whose round trip plus
+        // fsync took longer never replicated anything (found by the
+        // slow-link nemesis). Idle heartbeats at a third of the election
+        // timeout still keep followers from campaigning, and new entries and
+        // commits are sent at once, not on the heartbeat.
+        heartbeat_interval: raft_heartbeat(config.heartbeat_interval, config.election_timeout),
         election_timeout_min: config.election_timeout,
         // openraft's followers refuse votes for `election_timeout_max` after
         // hearing from a leader (its leader lease), so no campaign can win
@@ -164,6 +171,7 @@ pub async fn serve(
     .context("start raft")?;
 
     let proposer = Proposer::spawn(raft.clone());
+    let reads = ReadIndex::new(raft.clone(), config.election());
     let api_cell = Arc::new(std::sync::OnceLock::new());
     tokio::spawn(crate::raft::check_quorum::run(
         raft.clone(),
@@ -182,6 +190,7 @@ pub async fn serve(
         let service = PeerServer::new(PeerService::new(
             raft.clone(),
             proposer.clone(),
+            reads.clone(),
             api_cell.clone(),
             boot.cluster_id,
             boot.member_id,
@@ -225,6 +234,7 @@ pub async fn serve(
         raft: raft.clone(),
         peers,
         proposer,
+        reads,
         store: store.clone(),
         lessor: lessor.clone(),
         directory,
@@ -351,6 +361,13 @@ pub async fn serve(
     store.flush().context("flush the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// openraft's heartbeat interval (also its AppendEntries timeout): etcd's
+/// `--heartbeat-interval`, or a third of the election timeout when that is
+/// longer.
+fn raft_heartbeat(heartbeat_ms: u64, election_ms: u64) -> u64 {
+    heartbeat_ms.max(election_ms / 3)
 }
 
 fn is_sole_voter(raft: &Raft, me: u64) -> bool {

@@ -17,7 +17,6 @@ pub mod watch;
 
 use std::time::{Duration, Instant};
 
-use openraft::error::RaftError;
 use prost::Message;
 
 use crate::error::Error;
@@ -27,6 +26,7 @@ use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{ForwardError, Peers};
 use crate::raft::proposer::Proposer;
+use crate::raft::read_index::ReadIndex;
 use crate::raft::types::{
     Member, MemberAttributes, MemberDirectory, MemberId, Raft, Request, Response, TypeConfig,
 };
@@ -42,6 +42,8 @@ pub struct Context {
     pub peers: Peers,
     /// Batches this member's proposals when it leads.
     pub proposer: Proposer,
+    /// Shares ReadIndex rounds among concurrent linearizable reads.
+    pub reads: ReadIndex,
     pub store: Store,
     /// Lease deadlines and keepalives (see `crate::lease`).
     pub lessor: Lessor,
@@ -193,11 +195,11 @@ impl Context {
             let (leader, node) = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let index = if leader == self.member_id {
-                match tokio::time::timeout(remaining, self.raft.get_read_log_id()).await {
+                match tokio::time::timeout(remaining, self.reads.read_index()).await {
                     Err(_) => return Err(Error::Timeout),
-                    Ok(Ok((read_log_id, _))) => Some(read_log_id.map_or(0, |l| l.index)),
-                    Ok(Err(RaftError::APIError(_))) => None,
-                    Ok(Err(RaftError::Fatal(_))) => return Err(Error::Stopped),
+                    Ok(Ok(index)) => Some(index),
+                    Ok(Err(ForwardError::Stopped)) => return Err(Error::Stopped),
+                    Ok(Err(_)) => None,
                 }
             } else {
                 match self.peers.read_index(leader, &node, remaining).await {

@@ -5,6 +5,7 @@ pub mod check_quorum;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
+pub mod read_index;
 pub mod service;
 pub mod state_machine;
 pub mod types;

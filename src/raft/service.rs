@@ -10,14 +10,16 @@ use tonic::{Request, Response, Status};
 
 use super::network::{ForwardError, ProposeResult, ReadIndexResult};
 use super::proposer::Proposer;
+use super::read_index::ReadIndex;
 use super::types::{Raft, Request as Write};
 use crate::proto::oxcdpeerpb::peer_server::Peer;
 use crate::proto::oxcdpeerpb::PeerMessage;
-use openraft::error::{CheckIsLeaderError, RaftError};
 
 pub struct PeerService {
     raft: Raft,
     proposer: Proposer,
+    /// Shared ReadIndex rounds, for followers' linearizable reads.
+    reads: ReadIndex,
     /// The client-API context, for the lease calls; set once it exists
     /// (the peer service starts first, so that elections can run).
     api: Arc<OnceLock<crate::api::Context>>,
@@ -29,6 +31,7 @@ impl PeerService {
     pub fn new(
         raft: Raft,
         proposer: Proposer,
+        reads: ReadIndex,
         api: Arc<OnceLock<crate::api::Context>>,
         cluster_id: u64,
         member_id: u64,
@@ -36,6 +39,7 @@ impl PeerService {
         PeerService {
             raft,
             proposer,
+            reads,
             api,
             cluster_id,
             member_id,
@@ -138,16 +142,7 @@ impl Peer for PeerService {
 
     async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let () = self.open(req)?;
-        let result: ReadIndexResult = match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader(f.leader_id))
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(ForwardError::NotLeader(None))
-            }
-            Err(RaftError::Fatal(_)) => Err(ForwardError::Stopped),
-        };
+        let result: ReadIndexResult = self.reads.read_index().await;
         self.reply(&result)
     }
 }
