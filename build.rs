@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // Keys and values are shared, not copied, between the store, every
+        // watcher an event reaches and the encoder.
+        .bytes(".mvccpb.KeyValue")
         .compile_protos(
             &[
                 "proto/kv.proto",

@@ -1,5 +1,6 @@
 //! etcd's Maintenance service: what etcd's tools need from day one (Status,
-//! Alarm list, Defragment), with the rest landing with their issues.
+//! Alarm list, Defragment, Hash, HashKV), with the rest landing with their
+//! issues.
 
 use std::pin::Pin;
 
@@ -87,14 +88,36 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Error::Unimplemented("oxcd: Hash is not supported yet").into())
+        // Not a bolt-file hash as in etcd: see `Store::hash`.
+        let store = self.ctx.store.clone();
+        let (hash, _rev) = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(|e| Error::Internal(format!("hash task: {e}")))?
+            .map_err(|e| Error::from(crate::mvcc::ApplyError::from(e)))?;
+        Ok(Response::new(HashResponse {
+            // etcd fills the header with the current revision.
+            header: Some(self.ctx.header(self.ctx.store.current_revision())),
+            hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<HashKvRequest>,
+        req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(Error::Unimplemented("oxcd: HashKV is not supported yet").into())
+        // etcd serves HashKV from the local store, without a read barrier.
+        let rev = req.into_inner().revision;
+        let store = self.ctx.store.clone();
+        let (h, current) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| Error::Internal(format!("hash task: {e}")))?
+            .map_err(Error::from)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.ctx.header(current)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

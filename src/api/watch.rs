@@ -430,7 +430,7 @@ mod tests {
         Event {
             kv: Some(KeyValue {
                 key: format!("k{i}").into(),
-                value: vec![b'x'; 100],
+                value: vec![b'x'; 100].into(),
                 ..Default::default()
             }),
             ..Default::default()

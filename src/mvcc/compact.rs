@@ -40,6 +40,12 @@ pub(crate) fn run(store: Weak<Inner>, wake: Receiver<()>) {
             if target <= inner.finished_rev.load(Ordering::SeqCst) {
                 break;
             }
+            // Hash the compactions up to `target` before removing anything
+            // (etcd hashes while it compacts; see `hash.rs`).
+            if let Err(e) = super::hash::hash_compactions(&inner, target, epoch) {
+                tracing::error!(error = %e, compact_revision = target, "compaction hash failed; store must be restarted");
+                return;
+            }
             drop(inner);
             match pass(&store, target, epoch) {
                 Ok(true) => {}

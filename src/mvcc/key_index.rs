@@ -282,6 +282,37 @@ impl TreeIndex {
             .collect()
     }
 
+    /// Appends to `out` the revision visible at `at_rev` (see
+    /// [`KeyIndex::get`]) of each of at most `n` keys after `cursor`, in key
+    /// order; returns the cursor to continue from, `None` at the end.
+    pub fn visible_after(
+        &self,
+        cursor: Option<&[u8]>,
+        at_rev: i64,
+        n: usize,
+        out: &mut Vec<Revision>,
+    ) -> Option<Vec<u8>> {
+        let lower = match cursor {
+            Some(c) => Bound::Excluded(c),
+            None => Bound::Unbounded,
+        };
+        let mut last: Option<&Vec<u8>> = None;
+        for (i, (k, ki)) in self
+            .keys
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .enumerate()
+        {
+            if i == n {
+                return last.cloned();
+            }
+            if let Some(kr) = ki.get(at_rev) {
+                out.push(kr.modified);
+            }
+            last = Some(k);
+        }
+        None
+    }
+
     /// Compact one key; drops it from the index once nothing is left.
     pub fn compact_key(&mut self, key: &[u8], at_rev: i64) -> Vec<Revision> {
         let Some(ki) = self.keys.get_mut(key) else {

@@ -349,7 +349,7 @@ mod tests {
             .iter()
             .map(|c| {
                 (
-                    String::from_utf8(c.kv.key.clone()).unwrap(),
+                    String::from_utf8(c.kv.key.to_vec()).unwrap(),
                     c.revision.sub,
                     c.is_delete,
                 )

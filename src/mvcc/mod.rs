@@ -71,6 +71,7 @@
 
 pub mod backend;
 mod compact;
+mod hash;
 pub mod key_index;
 pub mod lease;
 #[cfg(test)]
@@ -79,6 +80,7 @@ pub mod revision;
 mod store;
 mod txn;
 
+pub use hash::KvHash;
 pub use lease::{LeaseInfo, LeaseRecord, MAX_LEASE_TTL};
 pub use revision::Revision;
 pub use store::{Change, Snapshot, Store};

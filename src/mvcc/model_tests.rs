@@ -84,11 +84,11 @@ impl Model {
     fn put(st: &mut State, rev: i64, p: &PutRequest) -> PutResponse {
         let prev = st.get(&p.key).cloned();
         let kv = KeyValue {
-            key: p.key.clone(),
+            key: p.key.clone().into(),
             create_revision: prev.as_ref().map_or(rev, |kv| kv.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(0, |kv| kv.version) + 1,
-            value: p.value.clone(),
+            value: p.value.clone().into(),
             lease: 0,
         };
         st.insert(p.key.clone(), kv);
@@ -104,7 +104,7 @@ impl Model {
             .cloned()
             .collect();
         for kv in &gone {
-            st.remove(&kv.key);
+            st.remove(kv.key.as_ref());
         }
         DeleteRangeResponse {
             header: None,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use super::backend::{
     encode_i64, rev_key, Backend, WriteBatch, LEASE_PREFIX, META_APPLIED, META_CURRENT_REV,
     META_FINISHED_COMPACT, META_INSTALLING, META_SCHEDULED_COMPACT,
 };
+use super::hash::{self, CompactionHashes, KvHash};
 use super::key_index::{KeyRev, RangeEnd, TreeIndex};
 use super::lease::{LeaseInfo, LeaseRecord, LeaseTable};
 use super::revision::Revision;
@@ -74,6 +75,8 @@ pub(crate) struct Inner {
     /// the install refuses to finish [`Snapshot::write_to`].
     pub epoch: AtomicU64,
     wake_compactor: Mutex<mpsc::Sender<()>>,
+    /// Compactions waiting to be hashed and the last hashes (see `hash.rs`).
+    compaction_hashes: Mutex<CompactionHashes>,
 }
 
 impl Inner {
@@ -88,6 +91,14 @@ impl Inner {
     }
     pub(crate) fn leases_mut(&self) -> RwLockWriteGuard<'_, LeaseTable> {
         self.leases.write().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn serial(&self) -> MutexGuard<'_, ()> {
+        self.serial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn compaction_hashes(&self) -> MutexGuard<'_, CompactionHashes> {
+        self.compaction_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
     pub fn fetch(&self, rev: Revision) -> Result<KeyValue, StorageError> {
         match self.backend.get_rev(rev)? {
@@ -165,7 +176,7 @@ fn rebuild_index(backend: &Backend) -> Result<(TreeIndex, LeaseTable), StorageEr
         let (rev, stored) = item?;
         if stored.tombstone {
             index.tombstone(&stored.kv.key, rev);
-            attached.remove(&stored.kv.key);
+            attached.remove(stored.kv.key.as_ref());
         } else {
             index.restore(
                 &stored.kv.key,
@@ -174,9 +185,9 @@ fn rebuild_index(backend: &Backend) -> Result<(TreeIndex, LeaseTable), StorageEr
                 stored.kv.version,
             );
             if stored.kv.lease != 0 {
-                attached.insert(stored.kv.key, stored.kv.lease);
+                attached.insert(stored.kv.key.to_vec(), stored.kv.lease);
             } else {
-                attached.remove(&stored.kv.key);
+                attached.remove(stored.kv.key.as_ref());
             }
         }
     }
@@ -235,6 +246,7 @@ impl Store {
             snapshot_pauses: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             wake_compactor: Mutex::new(tx),
+            compaction_hashes: Mutex::new(CompactionHashes::default()),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -333,6 +345,30 @@ impl Store {
         Ok(out)
     }
 
+    /// etcd's `HashKV(rev)` (0 = current revision): the hash etcd computes
+    /// for the same history, and the current revision (for the response
+    /// header). `rev` below the compact revision fails with
+    /// [`ApplyError::Compacted`], above the current one with
+    /// [`ApplyError::FutureRev`]; a hash kept from the compaction at `rev`
+    /// is answered first, as etcd 3.5.5+ does. See `hash.rs`.
+    ///
+    /// Blocking: walks the key index and streams every revision ≤ `rev`
+    /// from sled (physical compaction waits meanwhile; apply does not).
+    /// Async callers run it on a blocking thread.
+    pub fn hash_kv(&self, rev: i64) -> Result<(KvHash, i64), ApplyError> {
+        hash::hash_kv(&self.inner, rev)
+    }
+
+    /// etcd's `Hash`: CRC32-Castagnoli over the store's replicated state at
+    /// the current revision (every key revision as etcd's `key` bucket
+    /// holds it after compaction, the leases, the compact revision), and
+    /// that revision. Equal on members that applied the same entries;
+    /// unlike etcd's it is not a hash of a whole bolt file, so it differs
+    /// from etcd's value. Blocking, like [`Store::hash_kv`].
+    pub fn hash(&self) -> Result<(u32, i64), StorageError> {
+        hash::hash(&self.inner)
+    }
+
     /// Whether lease `id` exists (granted and not revoked).
     pub fn lease_exists(&self, id: i64) -> Result<bool, StorageError> {
         Ok(self.inner.leases().contains(id))
@@ -391,8 +427,7 @@ impl Store {
     /// removes nothing a read at or above that revision needs.
     pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
         let _serial = self.inner.serial.lock().unwrap_or_else(|e| e.into_inner());
-        self.inner.snapshot_pauses.fetch_add(1, Ordering::SeqCst);
-        let guard = SnapshotPause(self.inner.clone());
+        let guard = SnapshotPause::new(self.inner.clone());
         // Stable: an install bumps it only while holding `serial`.
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         // Leases are captured here, not streamed by `write_to`: lease records
@@ -501,6 +536,9 @@ impl Store {
         backend.flush()?;
 
         let (index, leases) = rebuild_index(backend)?;
+        // Hashes of the replaced history mean nothing here (etcd's are of
+        // its old backend too; ours are simply dropped).
+        self.inner.compaction_hashes().clear();
         *self.inner.index_mut() = index;
         *self.inner.leases_mut() = leases;
         // Current before compact: see `Inner::current_rev`.
@@ -523,7 +561,15 @@ impl Store {
     }
 }
 
-struct SnapshotPause(Arc<Inner>);
+/// Holds physical compaction off while alive (a snapshot, a hash).
+pub(crate) struct SnapshotPause(Arc<Inner>);
+
+impl SnapshotPause {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        inner.snapshot_pauses.fetch_add(1, Ordering::SeqCst);
+        SnapshotPause(inner)
+    }
+}
 
 impl Drop for SnapshotPause {
     fn drop(&mut self) {
@@ -961,6 +1007,6 @@ mod tests {
         assert_eq!(s.applied_meta().unwrap(), None);
         s.install_snapshot(&mut snap.as_slice()).unwrap();
         assert_eq!(s.current_revision(), 2);
-        assert_eq!(s.range(&all(0)).unwrap().kvs[0].value, b"1");
+        assert_eq!(&s.range(&all(0)).unwrap().kvs[0].value[..], b"1");
     }
 }

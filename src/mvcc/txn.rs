@@ -7,6 +7,7 @@
 //! changes take revision `begin_rev + 1` with subs 0, 1, …, and reads inside
 //! it see `begin_rev + 1` once it changed something, `begin_rev` before.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{atomic::Ordering, MutexGuard};
 
@@ -192,7 +193,7 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            kv.value.as_slice().cmp(v)
+            kv.value.as_ref().cmp(v)
         }
         Ok(CompareTarget::Create) => kv.create_revision.cmp(&int(match c.target_union {
             Some(TargetUnion::CreateRevision(v)) => Some(v),
@@ -400,6 +401,9 @@ pub struct Applier<'a> {
     compact_rev: i64,
     start_rev: i64,
     start_compact_rev: i64,
+    /// `(revision, previous compact revision)` of each compaction applied
+    /// here, for the compaction hashes (`hash.rs`).
+    compactions: Vec<(i64, i64)>,
     /// Start of the current write request (etcd `beginRev`).
     begin_rev: i64,
     /// Changes made by the current write request (etcd `len(tw.changes)`).
@@ -446,6 +450,7 @@ impl<'a> Applier<'a> {
             compact_rev,
             start_rev: rev,
             start_compact_rev: compact_rev,
+            compactions: Vec::new(),
             begin_rev: rev,
             changes: 0,
             log: Vec::new(),
@@ -462,7 +467,7 @@ impl<'a> Applier<'a> {
     }
 
     /// etcd `storeTxnWrite.put`; returns the header revision.
-    fn put_kv(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
+    fn put_kv(&mut self, key: &[u8], value: Bytes, lease: i64) -> i64 {
         let rev = self.begin_rev + 1;
         let idx_rev = Revision::new(rev, self.changes);
         let mut index = self.inner.index_mut();
@@ -471,7 +476,7 @@ impl<'a> Applier<'a> {
             None => (rev, 0),
         };
         let kv = KeyValue {
-            key: key.to_vec(),
+            key: Bytes::copy_from_slice(key),
             create_revision: created,
             mod_revision: rev,
             version: ver + 1,
@@ -500,7 +505,7 @@ impl<'a> Applier<'a> {
         for (k, _) in &pairs {
             let idx_rev = Revision::new(self.begin_rev + 1, self.changes);
             let tomb = KeyValue {
-                key: k.clone(),
+                key: Bytes::copy_from_slice(k),
                 mod_revision: idx_rev.main,
                 ..Default::default()
             };
@@ -521,7 +526,7 @@ impl<'a> Applier<'a> {
     /// etcd `applierV3backend.Put` inside a write txn (lease already checked).
     fn apply_put(&mut self, p: &PutRequest) -> Result<PutResponse, ApplyError> {
         let mut resp = PutResponse::default();
-        let (mut value, mut lease) = (p.value.clone(), p.lease);
+        let (mut value, mut lease) = (Bytes::copy_from_slice(&p.value), p.lease);
         if p.ignore_value || p.ignore_lease || p.prev_kv {
             let rr = range_keys(self, &p.key, RangeEnd::Single, 0, 0, false)?;
             let prev = rr.kvs.into_iter().next();
@@ -645,6 +650,7 @@ impl<'a> Applier<'a> {
         if c.revision > self.rev {
             return Err(ApplyError::FutureRev);
         }
+        self.compactions.push((c.revision, self.compact_rev));
         self.compact_rev = c.revision;
         self.batch
             .insert(META_SCHEDULED_COMPACT, &encode_i64(c.revision));
@@ -674,6 +680,14 @@ impl<'a> Applier<'a> {
         // Current before compact (see `Inner::current_rev`): a reader that
         // sees the new compact revision then also sees the new current one.
         self.inner.current_rev.store(self.rev, Ordering::SeqCst);
+        // Queued before the compact revision is published: a compactor
+        // pass that loads it finds its compactions queued for hashing.
+        if !self.compactions.is_empty() {
+            let mut h = self.inner.compaction_hashes();
+            for (rev, prev) in self.compactions.drain(..) {
+                h.push_pending(rev, prev);
+            }
+        }
         self.inner
             .compact_rev
             .store(self.compact_rev, Ordering::SeqCst);
@@ -743,7 +757,7 @@ pub(crate) mod tests {
     fn keys(r: &RangeResponse) -> Vec<String> {
         r.kvs
             .iter()
-            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
             .collect()
     }
 
@@ -784,7 +798,7 @@ pub(crate) mod tests {
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
         let d = del(&s, "a", "");
         assert_eq!((d.deleted, d.header.unwrap().revision), (1, 4));
-        assert_eq!(d.prev_kvs[0].value, b"2");
+        assert_eq!(&d.prev_kvs[0].value[..], b"2");
         // Deleting nothing leaves the revision alone.
         let d = del(&s, "a", "");
         assert_eq!((d.deleted, d.header.unwrap().revision), (0, 4));
@@ -796,7 +810,7 @@ pub(crate) mod tests {
         let mut r = rng("a", "");
         r.revision = 3;
         let old = s.range(&r).unwrap();
-        assert_eq!(old.kvs[0].value, b"2");
+        assert_eq!(&old.kvs[0].value[..], b"2");
         assert_eq!(old.header.unwrap().revision, 5);
         r.revision = 4;
         assert_eq!(s.range(&r).unwrap().count, 0);
@@ -964,11 +978,11 @@ pub(crate) mod tests {
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(r.prev_kv.unwrap().value, b"v");
+        assert_eq!(&r.prev_kv.unwrap().value[..], b"v");
         assert_eq!(r.header.unwrap().revision, 3);
         a.commit().unwrap();
         let kv = &s.range(&rng("k", "")).unwrap().kvs[0];
-        assert_eq!((kv.value.as_slice(), kv.version), (&b"v"[..], 2));
+        assert_eq!((kv.value.as_ref(), kv.version), (&b"v"[..], 2));
         assert_eq!(s.current_revision(), 3);
     }
 
@@ -1114,7 +1128,7 @@ pub(crate) mod tests {
         let Response::ResponseRange(r2) = resp(2) else {
             panic!()
         };
-        assert_eq!(r2.kvs[0].value, b"1");
+        assert_eq!(&r2.kvs[0].value[..], b"1");
         assert_eq!(r2.header.unwrap().revision, 3);
         let Response::ResponseTxn(t3) = resp(3) else {
             panic!()
@@ -1126,7 +1140,7 @@ pub(crate) mod tests {
         };
         let kv = &inner.kvs[0];
         assert_eq!(
-            (kv.value.as_slice(), kv.version, kv.mod_revision),
+            (kv.value.as_ref(), kv.version, kv.mod_revision),
             (&b"2"[..], 2, 3)
         );
         let Response::ResponseDeleteRange(d4) = resp(4) else {
@@ -1192,7 +1206,7 @@ pub(crate) mod tests {
         };
         assert!(matches!(txn(&s, &t), Err(ApplyError::LeaseNotFound)));
         assert_eq!(s.current_revision(), 2);
-        assert_eq!(s.range(&rng("a", "")).unwrap().kvs[0].value, b"1");
+        assert_eq!(&s.range(&rng("a", "")).unwrap().kvs[0].value[..], b"1");
         // A txn whose writes delete nothing keeps the revision.
         let t = TxnRequest {
             success: vec![RequestOp {

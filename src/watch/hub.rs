@@ -56,7 +56,7 @@ impl Ev {
         self.prev
             .get_or_init(|| {
                 let req = RangeRequest {
-                    key: self.kv.key.clone(),
+                    key: self.kv.key.to_vec(),
                     revision: self.kv.mod_revision - 1,
                     ..Default::default()
                 };
@@ -191,8 +191,8 @@ struct State {
     streams: HashMap<StreamId, StreamState>,
     /// Synced single-key watchers by key.
     keys: HashMap<Vec<u8>, Vec<WatcherHandle>>,
-    /// Synced range watchers.
-    ranges: HashSet<WatcherHandle>,
+    /// Synced range watchers, with what they watch (no lookup per event).
+    ranges: HashMap<WatcherHandle, Arc<WatchSpec>>,
     unsynced: HashSet<WatcherHandle>,
     /// Streams with a deferred progress request.
     progress_waiting: HashSet<StreamId>,
@@ -225,7 +225,7 @@ impl State {
         if w.spec.end == KeyEnd::Single {
             self.keys.entry(w.spec.key.clone()).or_default().push(h);
         } else {
-            self.ranges.insert(h);
+            self.ranges.insert(h, w.spec.clone());
         }
     }
 
@@ -261,19 +261,7 @@ impl State {
 
     /// Offers one revision's events to the synced watchers.
     fn dispatch(&mut self, rev: i64, events: &[Arc<Ev>]) -> bool {
-        let mut per: HashMap<WatcherHandle, Vec<Arc<Ev>>> = HashMap::new();
-        for ev in events {
-            if let Some(hs) = self.keys.get(&ev.kv.key) {
-                for h in hs {
-                    per.entry(*h).or_default().push(ev.clone());
-                }
-            }
-            for h in &self.ranges {
-                if self.watchers[h].spec.matches(&ev.kv.key) {
-                    per.entry(*h).or_default().push(ev.clone());
-                }
-            }
-        }
+        let per = self.matching(events);
         let mut fell_behind = false;
         for (h, evs) in per {
             let w = self.watchers.get_mut(&h).expect("synced watcher");
@@ -309,6 +297,39 @@ impl State {
         }
         self.dispatched = rev;
         fell_behind
+    }
+
+    /// The synced watchers one revision's events reach, each with its
+    /// events in order. Most revisions hold one event: that case needs no
+    /// map.
+    fn matching(&self, events: &[Arc<Ev>]) -> Vec<(WatcherHandle, Vec<Arc<Ev>>)> {
+        if let [ev] = events {
+            let key: &[u8] = ev.kv.key.as_ref();
+            let singles = self.keys.get(key).into_iter().flatten();
+            let ranges = self
+                .ranges
+                .iter()
+                .filter(|(_, spec)| spec.matches(key))
+                .map(|(h, _)| h);
+            return singles
+                .chain(ranges)
+                .map(|h| (*h, vec![ev.clone()]))
+                .collect();
+        }
+        let mut per: HashMap<WatcherHandle, Vec<Arc<Ev>>> = HashMap::new();
+        for ev in events {
+            if let Some(hs) = self.keys.get(ev.kv.key.as_ref()) {
+                for h in hs {
+                    per.entry(*h).or_default().push(ev.clone());
+                }
+            }
+            for (h, spec) in &self.ranges {
+                if spec.matches(&ev.kv.key) {
+                    per.entry(*h).or_default().push(ev.clone());
+                }
+            }
+        }
+        per.into_iter().collect()
     }
 
     /// etcd `progressIfSync` over one stream: sends when every watcher of the
@@ -365,7 +386,7 @@ impl Hub {
                 watchers: HashMap::new(),
                 streams: HashMap::new(),
                 keys: HashMap::new(),
-                ranges: HashSet::new(),
+                ranges: HashMap::new(),
                 unsynced: HashSet::new(),
                 progress_waiting: HashSet::new(),
             }),

@@ -108,7 +108,7 @@ impl Harness {
         for c in &changes {
             if !c.is_delete {
                 self.values
-                    .insert((c.kv.key.clone(), c.revision.main), c.kv.value.clone());
+                    .insert((c.kv.key.to_vec(), c.revision.main), c.kv.value.to_vec());
             }
         }
         self.history.extend(changes.iter().cloned());
@@ -122,7 +122,7 @@ impl Harness {
             .filter(|c| c.revision.main >= w.from)
             .filter(|c| w.spec.matches(&c.kv.key))
             .filter(|c| !(c.is_delete && w.spec.no_delete || !c.is_delete && w.spec.no_put))
-            .map(|c| (c.revision.main, c.kv.key.clone(), c.is_delete))
+            .map(|c| (c.revision.main, c.kv.key.to_vec(), c.is_delete))
             .collect()
     }
 
@@ -140,7 +140,7 @@ impl Harness {
             .history
             .iter()
             .rfind(|c| c.kv.key == key && c.revision.main < rev)?;
-        (!last.is_delete).then(|| last.kv.value.clone())
+        (!last.is_delete).then(|| last.kv.value.to_vec())
     }
 
     fn drain(&mut self, s: usize) {
@@ -168,9 +168,9 @@ impl Harness {
                     .iter()
                     .map(|e| {
                         let prev = (prev_kv && !e.is_create())
-                            .then(|| e.prev_kv(&store).map(|kv| kv.value.clone()))
+                            .then(|| e.prev_kv(&store).map(|kv| kv.value.to_vec()))
                             .flatten();
-                        (e.revision(), e.kv.key.clone(), e.delete, prev)
+                        (e.revision(), e.kv.key.to_vec(), e.delete, prev)
                     })
                     .collect();
                 let _ = all_one_rev;
