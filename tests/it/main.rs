@@ -14,6 +14,7 @@ mod health;
 mod jepsen;
 mod kv;
 mod lease;
+mod maintenance;
 mod support;
 mod tls;
 mod watch;

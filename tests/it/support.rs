@@ -103,7 +103,11 @@ pub fn etcdctl_bin() -> PathBuf {
 }
 
 fn server_bin() -> PathBuf {
-    match target() {
+    target_bin(target())
+}
+
+fn target_bin(target: Target) -> PathBuf {
+    match target {
         Target::Oxcd => PathBuf::from(env!("CARGO_BIN_EXE_oxcd")),
         Target::Etcd => find_tool("ETCD_BIN", "etcd"),
     }
@@ -173,7 +177,18 @@ impl TestServer {
 
     /// Starts a server with extra flags and waits until it answers.
     pub async fn start_with(opts: StartOptions) -> TestServer {
-        let mut s = Self::new(opts);
+        Self::start_new(Self::new(opts)).await
+    }
+
+    /// Starts `target`'s server whatever `OXCD_TEST_TARGET` says, for tests
+    /// that run oxcd and the reference etcd side by side.
+    pub async fn start_target(target: Target) -> TestServer {
+        let mut s = Self::new(StartOptions::default());
+        s.bin = target_bin(target);
+        Self::start_new(s).await
+    }
+
+    async fn start_new(mut s: TestServer) -> TestServer {
         // Ports are picked then released, so another process can take one in
         // between: retry with fresh ports when that is why startup failed.
         for attempt in 1..=3 {

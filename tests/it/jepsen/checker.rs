@@ -24,15 +24,18 @@
 //!
 //! ## Lost acknowledged writes
 //!
-//! Every acknowledged write (Put, or Txn whose compare held) carries the
-//! revision it was committed at. After the run the key is read at that
+//! Every acknowledged write of every workload (a register Put or CAS whose
+//! compare held, an append whose compare held, a Put under a lease) carries
+//! the revision it was committed at. After the run the key is read at that
 //! revision: it must hold the written value with that mod_revision. No two
 //! acknowledged writes may share a revision.
 //!
 //! ## Convergence
 //!
 //! After healing, every member's serializable read of the whole keyspace
-//! (key, value, create/mod revision, version) must be identical.
+//! (key, value, create/mod revision, version) must be identical, and so must
+//! every member's HashKV at the same revision (etcd's hash of the whole MVCC
+//! history up to it, deletes and overwritten versions included).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -431,6 +434,18 @@ pub fn check_convergence(snaps: &[(String, Snapshot)]) -> Vec<String> {
     bad
 }
 
+/// Every member's HashKV at revision `rev` must be equal.
+pub fn check_hashes(rev: i64, hashes: &[(String, u32)]) -> Vec<String> {
+    match hashes.split_first() {
+        None => vec!["no member answered HashKV".into()],
+        Some(((n0, h0), rest)) => rest
+            .iter()
+            .filter(|(_, h)| h != h0)
+            .map(|(n, h)| format!("HashKV at revision {rev}: {n0} has {h0}, {n} has {h}"))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,6 +677,25 @@ mod tests {
             }
         }
         assert_eq!(check(&h), Verdict::Ok);
+    }
+
+    #[test]
+    fn hashes_must_agree() {
+        let same = [
+            ("m0".to_string(), 7),
+            ("m1".to_string(), 7),
+            ("m2".to_string(), 7),
+        ];
+        assert!(check_hashes(9, &same).is_empty());
+        let differ = [
+            ("m0".to_string(), 7),
+            ("m1".to_string(), 7),
+            ("m2".to_string(), 8),
+        ];
+        let bad = check_hashes(9, &differ);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("m2 has 8"), "{bad:?}");
+        assert_eq!(check_hashes(9, &[]).len(), 1);
     }
 
     #[test]

@@ -40,11 +40,29 @@ pub enum Ret {
     },
 }
 
+/// An operation's outcome; `R` is what an acknowledged op returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok(Ret),
+pub enum Out<R> {
+    Ok(R),
     Fail(String),
     Info(String),
+}
+
+/// A register operation's outcome.
+pub type Outcome = Out<Ret>;
+
+impl<R> Out<R> {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Out::Ok(_))
+    }
+
+    pub fn is_info(&self) -> bool {
+        matches!(self, Out::Info(_))
+    }
+
+    pub fn is_fail(&self) -> bool {
+        matches!(self, Out::Fail(_))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -102,14 +120,25 @@ impl Op {
     }
 }
 
-/// The shared recorder: clients append completed operations.
-pub struct History {
-    pub start: Instant,
-    ops: Mutex<Vec<Op>>,
+/// Ops that a `History` can number.
+pub trait Recorded {
+    fn set_id(&mut self, id: usize);
 }
 
-impl History {
-    pub fn new(start: Instant) -> History {
+impl Recorded for Op {
+    fn set_id(&mut self, id: usize) {
+        self.id = id;
+    }
+}
+
+/// The shared recorder: clients append completed operations.
+pub struct History<T = Op> {
+    pub start: Instant,
+    ops: Mutex<Vec<T>>,
+}
+
+impl<T: Recorded + Clone> History<T> {
+    pub fn new(start: Instant) -> History<T> {
         History {
             start,
             ops: Mutex::new(Vec::new()),
@@ -120,13 +149,13 @@ impl History {
         self.start.elapsed().as_nanos() as u64
     }
 
-    pub fn record(&self, mut op: Op) {
+    pub fn record(&self, mut op: T) {
         let mut ops = self.ops.lock().unwrap();
-        op.id = ops.len();
+        op.set_id(ops.len());
         ops.push(op);
     }
 
-    pub fn ops(&self) -> Vec<Op> {
+    pub fn ops(&self) -> Vec<T> {
         self.ops.lock().unwrap().clone()
     }
 }

@@ -5,14 +5,19 @@
 //! of the window), SIGSTOP/SIGCONT of a random member or of the leader,
 //! partitions through the proxies (leader isolated; a random
 //! minority/majority split; bridge; the leader's outgoing links one way),
-//! slow peer links, clients cut off from a member.
+//! slow peer links, clients cut off from a member, and a crash that tears
+//! the member's WAL (`torn-wal`, see [`super::torn`] for why each cut is a
+//! state a real crash can leave).
+//!
+//! Kinds are dealt from a shuffled deck (every kind once before any
+//! repeats), so a short run still sees many different faults.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::proxy::{Link, Net, Node};
-use super::Rng;
-use crate::support::TestCluster;
+use super::{torn, Rng};
+use crate::support::{Target, TestCluster};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -29,10 +34,13 @@ pub enum Kind {
     OneWayLeader,
     /// Two sides that cannot talk, and one member that talks to both.
     Bridge,
+    /// Isolate a member, kill -9 it, cut its newest WAL segment inside a
+    /// record written after the isolation, restart it.
+    TornWal,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Kill,
         Kind::KillLeader,
         Kind::Pause,
@@ -43,6 +51,7 @@ impl Kind {
         Kind::ClientBlackhole,
         Kind::OneWayLeader,
         Kind::Bridge,
+        Kind::TornWal,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +66,7 @@ impl Kind {
             Kind::ClientBlackhole => "client-blackhole",
             Kind::OneWayLeader => "one-way-leader",
             Kind::Bridge => "bridge",
+            Kind::TornWal => "torn-wal",
         }
     }
 
@@ -92,26 +102,57 @@ fn ns(t0: Instant) -> u64 {
     t0.elapsed().as_nanos() as u64
 }
 
+/// One torn-WAL crash, for the report.
+#[derive(Clone, Debug)]
+pub struct Torn {
+    pub member: usize,
+    /// What was cut (or why nothing was).
+    pub detail: String,
+    pub cut: bool,
+    /// The member logged the repair of its torn tail.
+    pub repair_logged: bool,
+    /// The member would not start again (a failure).
+    pub refused: Option<String>,
+}
+
+/// What the nemesis did.
+pub struct Outcome {
+    pub cluster: TestCluster,
+    pub faults: Vec<Fault>,
+    /// Members found dead that the nemesis had not killed, and members that
+    /// refused to start after a torn WAL: each a failure.
+    pub crashes: Vec<String>,
+    pub torn: Vec<Torn>,
+    /// When everything was healed (ns since the run began).
+    pub healed_ns: u64,
+}
+
+/// The log line oxcd's WAL prints when it repairs a torn tail.
+pub const REPAIR_LOG: &str = "truncating torn record at tail";
+
 impl Nemesis {
     /// Runs faults until `until` (at most 1000), then heals everything and
     /// waits for the cluster to serve again. Returns the cluster and the log.
     /// `crashes`: members found dead that the nemesis had not killed.
-    pub async fn run(
-        self,
-        mut c: TestCluster,
-        net: Arc<Net>,
-    ) -> (TestCluster, Vec<Fault>, Vec<String>) {
+    pub async fn run(self, mut c: TestCluster, net: Arc<Net>) -> Outcome {
         let mut crashes = Vec::new();
+        let mut torn_log: Vec<Torn> = Vec::new();
+        let mut down: Vec<usize> = Vec::new();
         let mut rng = Rng::new(self.seed);
         let mut log = Vec::new();
         let n = c.size();
+        let mut deck: Vec<Kind> = Vec::new();
         for _ in 0..1000 {
             let quiet = Duration::from_millis(1500 + rng.below(1500));
             if Instant::now() + quiet + Duration::from_secs(3) >= self.until {
                 break;
             }
             tokio::time::sleep(quiet).await;
-            let kind = self.kinds[rng.below(self.kinds.len() as u64) as usize];
+            if deck.is_empty() {
+                deck = self.kinds.clone();
+                rng.shuffle(&mut deck);
+            }
+            let kind = deck.pop().expect("a kind");
             let hold = Duration::from_millis(2500 + rng.below(3000));
             let leader = match kind {
                 Kind::KillLeader
@@ -181,6 +222,27 @@ impl Nemesis {
                     tokio::time::sleep(hold).await;
                     net.heal();
                 }
+                Kind::TornWal if crate::support::target() == Target::Etcd => {
+                    detail = format!("etcd: kill -9 m{leader} only (etcd's WAL is not ours to cut), restart after {hold:?}");
+                    c.member_mut(leader).kill9();
+                    net.set_pid(leader, None);
+                    tokio::time::sleep(hold).await;
+                    c.member_mut(leader).start();
+                    net.set_pid(leader, c.member(leader).pid());
+                }
+                Kind::TornWal => {
+                    let m = leader;
+                    let t = torn_crash(&mut c, &net, m, hold, &mut rng).await;
+                    detail = format!("m{m}: {}", t.detail);
+                    if let Some(why) = &t.refused {
+                        crashes.push(format!(
+                            "m{m} refused to start after a legal torn WAL tail ({})\n{why}",
+                            t.detail
+                        ));
+                        down.push(m);
+                    }
+                    torn_log.push(t);
+                }
                 Kind::Slow => {
                     let d = Duration::from_millis(20 + rng.below(80));
                     detail = format!("delay every peer link by {d:?} for {hold:?}");
@@ -210,17 +272,125 @@ impl Nemesis {
         }
         // Heal everything.
         net.heal();
+        let healed_ns = ns(self.t0);
         for i in 0..n {
             if c.member(i).is_paused() {
                 c.member_mut(i).resume();
             }
-            if !c.member_mut(i).is_running() {
+            if !down.contains(&i) && !c.member_mut(i).is_running() {
                 crashes.push(format!("m{i} exited on its own\n{}", c.member(i).logs()));
                 c.member_mut(i).kill9();
                 c.member_mut(i).start();
                 net.set_pid(i, c.member(i).pid());
             }
         }
-        (c, log, crashes)
+        Outcome {
+            cluster: c,
+            faults: log,
+            crashes,
+            torn: torn_log,
+            healed_ns,
+        }
+    }
+}
+
+/// The torn-WAL crash of member `m` (steps in [`super::torn`]); the member
+/// is down for about `hold`. A member that exits after the restart is left
+/// down and reported.
+async fn torn_crash(
+    c: &mut TestCluster,
+    net: &Net,
+    m: usize,
+    hold: Duration,
+    rng: &mut Rng,
+) -> Torn {
+    let n = c.size();
+    let wal = c.member(m).data_dir().join("wal");
+    let others: Vec<usize> = (0..n).filter(|&j| j != m).collect();
+    let unknown0 = *net.unknown_sources.lock().unwrap();
+    // 1. Nothing the member says from now on reaches anyone.
+    net.cut(&[m], &others, Link::Sever);
+    net.set(Node::Member(m), Node::Client, Link::Sever);
+    // 2. What it may have synced or said is within these bytes.
+    let before = torn::newest_segment(&wal);
+    // 3. Let it write things nobody will hear of, then crash it.
+    // (A follower campaigns after an election timeout, 500 ms here.)
+    let isolated = Duration::from_millis(1500 + rng.below(1500));
+    tokio::time::sleep(isolated).await;
+    c.member_mut(m).kill9();
+    net.set_pid(m, None);
+    let unknown1 = *net.unknown_sources.lock().unwrap();
+    net.heal();
+    // 4. Cut inside a record written after step 2.
+    let mut cut = false;
+    let detail = match torn::newest_segment(&wal) {
+        None => format!("isolated {isolated:?}, kill -9; no WAL segment to cut"),
+        Some(after) if unknown1 != unknown0 => format!(
+            "isolated {isolated:?}, kill -9; not cut: an unattributed peer connection opened meanwhile ({} bytes in {})",
+            after.1.len(),
+            after.0.display()
+        ),
+        Some(after) => match torn::safe_from(&before, &after) {
+            Err(why) => format!("isolated {isolated:?}, kill -9; not cut: {why}"),
+            Ok(safe) => match torn::choose_cut(&after.1, safe, rng) {
+                None => format!(
+                    "isolated {isolated:?}, kill -9; not cut: nothing written after the isolation ({} bytes)",
+                    after.1.len()
+                ),
+                Some(k) => {
+                    let name = after.0.file_name().unwrap().to_string_lossy().into_owned();
+                    match torn::apply(&after.0, &k) {
+                        Ok(()) => {
+                            cut = true;
+                            format!(
+                                "isolated {isolated:?}, kill -9; {} {name} at {} of {} bytes (inside a {} record at {}..{}; {} bytes written after the isolation)",
+                                match k.mode {
+                                    torn::Mode::Truncate => "truncated",
+                                    torn::Mode::ZeroFill => "zero-filled",
+                                },
+                                k.offset,
+                                k.len,
+                                k.frame.type_name(),
+                                k.frame.start,
+                                k.frame.end,
+                                k.len - safe
+                            )
+                        }
+                        Err(e) => format!("isolated {isolated:?}, kill -9; cutting {name} failed: {e}"),
+                    }
+                }
+            },
+        },
+    };
+    tokio::time::sleep(
+        hold.saturating_sub(isolated)
+            .max(Duration::from_millis(500)),
+    )
+    .await;
+    c.member_mut(m).start();
+    net.set_pid(m, c.member(m).pid());
+    // The WAL is recovered before the member serves: it either logs the
+    // repair or exits naming the file (bounded wait).
+    let mut repair_logged = false;
+    let mut refused = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if c.member(m).full_log().contains(REPAIR_LOG) {
+            repair_logged = true;
+            break;
+        }
+        if !c.member_mut(m).is_running() {
+            refused = Some(c.member(m).logs());
+            c.member_mut(m).kill9();
+            net.set_pid(m, None);
+            break;
+        }
+    }
+    Torn {
+        member: m,
+        detail: format!("{detail}; restarted after {hold:?}"),
+        cut,
+        repair_logged,
+        refused,
     }
 }

@@ -14,7 +14,10 @@
 //! A dropped link is a blackhole that keeps TCP's promise: the proxy stops
 //! reading, so bytes queue (and the sender eventually blocks) until the link
 //! heals — as with a real partition and retransmission, never a corrupted
-//! stream. A delayed link sleeps before forwarding each chunk.
+//! stream. A delayed link sleeps before forwarding each chunk. A severed
+//! link discards what it reads and closes the connection: nothing sent
+//! over it while severed is ever delivered, even after a heal (the torn-WAL
+//! nemesis relies on that: what the isolated member said is lost).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +40,8 @@ pub enum Link {
     Pass,
     Drop,
     Delay(Duration),
+    /// Discard and close: bytes read while severed are never delivered.
+    Sever,
 }
 
 #[derive(Default)]
@@ -248,6 +253,10 @@ async fn pump(
                     tokio::time::sleep(d).await;
                     break;
                 }
+                Link::Sever => {
+                    let _ = w.shutdown().await;
+                    return;
+                }
                 _ => break,
             }
         }
@@ -357,5 +366,33 @@ mod tests {
         let t = std::time::Instant::now();
         assert!(roundtrip(&mut c, Duration::from_secs(2)).await);
         assert!(t.elapsed() >= Duration::from_millis(300), "delay");
+    }
+
+    #[tokio::test]
+    async fn sever_discards_and_closes() {
+        let net = Net::start(1).await;
+        net.set_upstream(0, echo().await, 0);
+        let mut c = TcpStream::connect(("127.0.0.1", net.ports[0].0))
+            .await
+            .unwrap();
+        assert!(roundtrip(&mut c, Duration::from_secs(2)).await, "pass");
+        // The answer direction severed: the echo is discarded, and a heal
+        // afterwards does not bring it back.
+        net.set(Node::Member(0), Node::Client, Link::Sever);
+        assert!(
+            !roundtrip(&mut c, Duration::from_millis(300)).await,
+            "sever"
+        );
+        net.heal();
+        let mut b = [0u8; 4];
+        match tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            other => panic!("severed connection delivered {other:?}"),
+        }
+        // New connections work again.
+        let mut c2 = TcpStream::connect(("127.0.0.1", net.ports[0].0))
+            .await
+            .unwrap();
+        assert!(roundtrip(&mut c2, Duration::from_secs(2)).await, "healed");
     }
 }

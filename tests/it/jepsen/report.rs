@@ -6,6 +6,22 @@ use super::checker::Verdict;
 use super::history::{Op, OpKind, Outcome};
 use super::nemesis::Fault;
 
+/// One checker's verdict with its lines (counts first, then violations).
+pub struct Section {
+    pub title: String,
+    pub passed: bool,
+    pub lines: Vec<String>,
+}
+
+/// A timeline dot for ops other than the registers'.
+pub struct Point {
+    pub invoke_ns: u64,
+    pub complete_ns: u64,
+    pub ok: bool,
+    pub info: bool,
+    pub color: &'static str,
+}
+
 pub struct Report<'a> {
     pub seed: u64,
     pub test_name: &'a str,
@@ -13,6 +29,8 @@ pub struct Report<'a> {
     pub clients: usize,
     pub time_limit_s: u64,
     pub ops: &'a [Op],
+    /// (name, ok, fail, info) rows for the other workloads' ops.
+    pub extra_ops: &'a [(String, usize, usize, usize)],
     pub faults: &'a [Fault],
     pub crashes: &'a [String],
     pub linearizable: &'a [(String, usize, Verdict)],
@@ -21,6 +39,8 @@ pub struct Report<'a> {
     pub convergence: &'a [String],
     /// (violations, one summary line per watcher), when the watch workload ran.
     pub watch: Option<&'a (Vec<String>, Vec<String>)>,
+    /// The append, lease and torn-WAL checkers.
+    pub sections: &'a [Section],
     pub unknown_sources: u64,
     pub wall_s: f64,
 }
@@ -32,6 +52,7 @@ impl Report<'_> {
             && self.lost_writes.is_empty()
             && self.convergence.is_empty()
             && self.watch.is_none_or(|w| w.0.is_empty())
+            && self.sections.iter().all(|s| s.passed)
     }
 
     pub fn render(&self) -> String {
@@ -61,7 +82,13 @@ impl Report<'_> {
                 f.detail
             );
         }
-        let _ = writeln!(s, "\noperations ({}):", self.ops.len());
+        let total = self.ops.len()
+            + self
+                .extra_ops
+                .iter()
+                .map(|r| r.1 + r.2 + r.3)
+                .sum::<usize>();
+        let _ = writeln!(s, "\noperations ({total}):");
         let _ = writeln!(s, "  {:<6} {:>7} {:>7} {:>7}", "", "ok", "fail", "info");
         for (name, pick) in [("read", 0u8), ("write", 1), ("cas", 2)] {
             let of = |o: &&Op| match o.kind {
@@ -77,6 +104,9 @@ impl Report<'_> {
                 .filter(|o| matches!(o.outcome, Outcome::Fail(_)))
                 .count();
             let info = self.ops.iter().filter(of).filter(|o| o.is_info()).count();
+            let _ = writeln!(s, "  {name:<6} {ok:>7} {fail:>7} {info:>7}");
+        }
+        for (name, ok, fail, info) in self.extra_ops {
             let _ = writeln!(s, "  {name:<6} {ok:>7} {fail:>7} {info:>7}");
         }
         let cas_ok = self
@@ -105,7 +135,7 @@ impl Report<'_> {
         }
         let _ = writeln!(
             s,
-            "\nok ops per second (* = a fault window overlaps that second):"
+            "\nok register ops per second (* = a fault window overlaps that second):"
         );
         for (i, c) in per.iter().enumerate() {
             let t0 = i as u64 * 1_000_000_000;
@@ -150,7 +180,7 @@ impl Report<'_> {
         }
         let _ = writeln!(
             s,
-            "  convergence (serializable reads of every member): {}",
+            "  convergence (serializable reads and HashKV of every member): {}",
             if self.convergence.is_empty() {
                 "PASS"
             } else {
@@ -173,6 +203,17 @@ impl Report<'_> {
                 let _ = writeln!(s, "    {l}");
             }
         }
+        for sec in self.sections {
+            let _ = writeln!(
+                s,
+                "  {}: {}",
+                sec.title,
+                if sec.passed { "PASS" } else { "FAIL" }
+            );
+            for l in &sec.lines {
+                let _ = writeln!(s, "    {l}");
+            }
+        }
         if self.unknown_sources > 0 {
             let _ = writeln!(
                 s,
@@ -191,9 +232,9 @@ impl Report<'_> {
 
 /// An SVG timeline a person can look at: fault windows shaded, each ok
 /// operation's latency as a dot (log scale, reads blue, writes green, CAS
-/// purple), indeterminate ops as orange ticks on top, ok ops per second
-/// as a line below.
-pub fn render_svg(ops: &[Op], faults: &[Fault]) -> String {
+/// purple, appends red, lease ops grey), indeterminate ops as orange ticks
+/// on top, ok ops per second as a line below.
+pub fn render_svg(ops: &[Op], extra: &[Point], faults: &[Fault]) -> String {
     const W: f64 = 1200.0;
     const LAT_H: f64 = 300.0;
     const TP_H: f64 = 120.0;
@@ -201,6 +242,7 @@ pub fn render_svg(ops: &[Op], faults: &[Fault]) -> String {
     let end_ns = ops
         .iter()
         .map(|o| o.complete_ns)
+        .chain(extra.iter().map(|p| p.complete_ns))
         .chain(faults.iter().map(|f| f.end_ns))
         .max()
         .unwrap_or(1)
@@ -263,11 +305,34 @@ pub fn render_svg(ops: &[Op], faults: &[Fault]) -> String {
             y_lat(o.complete_ns - o.invoke_ns)
         );
     }
+    let step = (extra.len() / 20_000).max(1);
+    for p in extra.iter().step_by(step) {
+        if p.info {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{0:.1}" x2="{0:.1}" y1="22" y2="30" stroke="#e69138"/>"##,
+                x(p.invoke_ns)
+            );
+        } else if p.ok {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="1.2" fill="{}"/>"#,
+                x(p.complete_ns),
+                y_lat(p.complete_ns - p.invoke_ns),
+                p.color
+            );
+        }
+    }
     // throughput
     let secs = (end_ns / 1_000_000_000 + 1) as usize;
     let mut per = vec![0usize; secs.min(100_000)];
-    for o in ops.iter().filter(|o| o.is_ok()) {
-        if let Some(c) = per.get_mut((o.complete_ns / 1_000_000_000) as usize) {
+    let oks = ops
+        .iter()
+        .filter(|o| o.is_ok())
+        .map(|o| o.complete_ns)
+        .chain(extra.iter().filter(|p| p.ok).map(|p| p.complete_ns));
+    for t in oks {
+        if let Some(c) = per.get_mut((t / 1_000_000_000) as usize) {
             *c += 1;
         }
     }
@@ -292,7 +357,7 @@ pub fn render_svg(ops: &[Op], faults: &[Fault]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{L}" y="{:.1}">time 0 .. {:.1} s; dots: ok latency (read blue, write green, cas purple); orange ticks: indeterminate; shaded: faults</text>"#,
+        r#"<text x="{L}" y="{:.1}">time 0 .. {:.1} s; dots: ok latency (read blue, write green, cas purple, append red, lease grey); orange ticks: indeterminate; shaded: faults</text>"#,
         h - 8.0,
         end_ns as f64 / 1e9
     );

@@ -41,7 +41,8 @@ pub async fn connect(endpoint: &str) -> Option<Client> {
 }
 
 /// Classifies an error: `Fail` only when the request certainly had no effect.
-fn classify(e: &etcd_client::Error) -> Outcome {
+pub fn classify<R>(e: &etcd_client::Error) -> super::history::Out<R> {
+    use super::history::Out as Outcome;
     match e {
         etcd_client::Error::GRpcStatus(s) => match s.code() {
             tonic::Code::InvalidArgument
