@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{b64, etcdctl_at, json, ok_stdout, run_bounded, target, Target};
+use crate::support::{b64, etcdctl_at, json, ok_stdout, reserve_ports, run_bounded, target, Target};
 
 const IMAGE: &str = "oxcd:it";
 /// How long the whole cluster may take to report healthy.
@@ -180,13 +180,6 @@ impl Drop for Project {
     }
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
 fn build_image() {
     let started = Instant::now();
     // A cold static release build takes minutes on two cores; later runs
@@ -336,7 +329,7 @@ fn three_members_in_docker_compose() {
     }
     build_image();
 
-    let ports = free_ports(3);
+    let ports = reserve_ports(3);
     let name = format!("oxcdit{}x{}", std::process::id(), ports[0]);
     let mut env: Vec<(String, String)> = vec![("OXCD_IMAGE".into(), IMAGE.into())];
     for (i, port) in ports.iter().enumerate() {

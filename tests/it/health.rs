@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{target, StartOptions, Target, TestCluster, TestServer};
+use crate::support::{reserve_ports, target, StartOptions, Target, TestCluster, TestServer};
 
 /// One HTTP answer: status, lower-cased header lines, body.
 #[derive(Debug)]
@@ -125,14 +125,6 @@ fn parse(raw: &[u8]) -> Result<HttpAnswer, String> {
 
 const HEALTHY: &str = r#"{"health":"true","reason":""}"#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn health_and_version_on_the_client_port() {
     let s = TestServer::start().await;
@@ -220,7 +212,7 @@ async fn livez_and_readyz() {
 
 #[tokio::test]
 async fn metrics_listener_serves_health() {
-    let port = free_port();
+    let port = reserve_ports(1)[0];
     let s = TestServer::start_with(StartOptions {
         args: vec![
             "--listen-metrics-urls".into(),

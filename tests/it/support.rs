@@ -113,15 +113,54 @@ fn target_bin(target: Target) -> PathBuf {
     }
 }
 
-/// Two distinct free loopback ports. Both listeners are held at once so the
-/// kernel cannot hand out the same port twice.
+/// Two distinct free loopback ports (see `reserve_ports`).
 fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
+    let p = reserve_ports(2);
+    (p[0], p[1])
+}
+
+/// `n` distinct loopback ports for servers to listen on, none handed out
+/// before by this test process.
+///
+/// A port the kernel picks for `bind(0)` is released again before the server
+/// binds it, and, worse, while a member is down for a kill/restart test its
+/// ports are free: the kernel may give one to another test's server (or to an
+/// outgoing connection), and the restarted member's readiness probe would
+/// then talk to a stranger. So ports come from below the kernel's ephemeral
+/// range, which neither `bind(0)` nor `connect` ever uses, from a counter that
+/// never repeats within the process; each is checked to be free right now.
+pub fn reserve_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if high < LOW + 2_000 {
+        // No room below the ephemeral range: fall back to the kernel's pick.
+        let ls: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+            .collect();
+        return ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    }
+    let span = high - LOW;
+    // Test processes running at once start at different places.
+    let start = (std::process::id() * 7_919) % span;
+    let _ = NEXT.compare_exchange(0, start + 1, Ordering::SeqCst, Ordering::SeqCst);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..span {
+        if out.len() == n {
+            break;
+        }
+        let i = NEXT.fetch_add(1, Ordering::SeqCst) - 1;
+        let port = (LOW + i % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    assert_eq!(out.len(), n, "no free loopback ports left below {high}");
+    out
 }
 
 /// How to start a server beyond the defaults (tests of flags such as TLS).
@@ -535,10 +574,7 @@ fn unique_token() -> String {
 
 /// `2n` distinct free loopback ports, all held at once while picking.
 fn free_port_pairs(n: usize) -> Vec<(u16, u16)> {
-    let ls: Vec<TcpListener> = (0..2 * n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let ports = reserve_ports(2 * n);
     ports.chunks(2).map(|c| (c[0], c[1])).collect()
 }
 
