@@ -53,9 +53,11 @@
 //!
 //! # Invariants
 //!
-//! - One [`Applier`] is one sled batch: the changes of every request it
+//! - One [`Applier`] is one backend batch: the changes of every request it
 //!   applied, the new `current_rev`, the scheduled compaction and the Raft
-//!   applied meta land together or not at all.
+//!   applied meta land together or not at all. The backend hands
+//!   consecutive batches to sled merged, in order, as one `sled::Batch`, so
+//!   sled always holds a prefix of the applies.
 //! - Readers see only published revisions: an applier appends revisions
 //!   above the published current revision to the index as it goes (readers
 //!   at R ignore them) and publishes the new current revision only after its

@@ -2,7 +2,7 @@
 //! `server/etcdserver/apply.go` applierV3backend and `server/mvcc/kvstore_txn.go`).
 //!
 //! An [`Applier`] collects the changes of one or more committed Raft entries
-//! into one sled batch. Inside it every write request is a "write txn" in
+//! into one backend batch. Inside it every write request is a "write txn" in
 //! etcd's sense: it starts at `begin_rev` (the current revision), its
 //! changes take revision `begin_rev + 1` with subs 0, 1, …, and reads inside
 //! it see `begin_rev + 1` once it changed something, `begin_rev` before.
@@ -669,7 +669,7 @@ impl<'a> Applier<'a> {
         self.rev
     }
 
-    /// Write everything as one sled batch, then publish to readers.
+    /// Write everything as one backend batch, then publish to readers.
     /// Returns the committed changes in revision order (for the watch hub).
     pub fn commit(mut self) -> Result<Vec<Change>, StorageError> {
         if self.rev != self.start_rev {

@@ -1,8 +1,9 @@
 //! The Raft state machine: committed entries applied to the MVCC store.
 //!
-//! Every call to `apply` turns one run of committed entries into ONE sled
+//! Every call to `apply` turns one run of committed entries into ONE store
 //! batch that also records the last applied log id and membership, so the
-//! store is always a consistent prefix of the log: after a crash openraft
+//! store is always a consistent prefix of the log (sled receives batches
+//! whole and in order, a few milliseconds later): after a crash openraft
 //! reads `applied_state` back and re-applies whatever came after it.
 //!
 //! Snapshots are files under `<data-dir>/snap/`:
