@@ -94,7 +94,7 @@ pub fn decode_stored(b: &[u8]) -> Result<Stored, StorageError> {
 /// of a key in the same batch wins.
 #[derive(Default)]
 pub struct WriteBatch {
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: Vec<PendingWrite>,
 }
 
 impl WriteBatch {
@@ -127,6 +127,8 @@ const WRITE_BEHIND: Duration = Duration::from_millis(20);
 const MAX_PENDING_BYTES: usize = 32 << 20;
 
 type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// A pending write: the value, or `None` for a removal.
+type PendingWrite = (Vec<u8>, Option<Vec<u8>>);
 
 /// Applied writes not yet in sled. Readers consult `active`, then
 /// `flushing`, then sled: a write leaves `flushing` only after sled holds it.
@@ -316,7 +318,7 @@ impl Backend {
         end: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> {
         let range = start.to_vec()..end.to_vec();
-        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
+        let pending: Vec<PendingWrite> = {
             let o = read(&self.shared.overlay);
             // (BTreeMap::range panics on an inverted range; sled's is empty.)
             if start >= end || (o.active.is_empty() && o.flushing.is_empty()) {
@@ -432,7 +434,7 @@ impl Drop for Backend {
 /// sled's range merged with the pending writes captured for it.
 struct Merge<I: Iterator> {
     sled: std::iter::Peekable<I>,
-    pending: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>,
+    pending: std::iter::Peekable<std::vec::IntoIter<PendingWrite>>,
 }
 
 impl<I> Iterator for Merge<I>
@@ -504,7 +506,10 @@ mod tests {
         w.insert(b"c", b"4");
         b.apply(w).unwrap();
         // Not in sled yet (unless the writer already ran): reads agree either way.
-        let want = vec![(b"b".to_vec(), b"3".to_vec()), (b"c".to_vec(), b"4".to_vec())];
+        let want = vec![
+            (b"b".to_vec(), b"3".to_vec()),
+            (b"c".to_vec(), b"4".to_vec()),
+        ];
         assert_eq!(b.get(b"a").unwrap(), None);
         assert_eq!(b.get(b"b").unwrap(), Some(b"3".to_vec()));
         assert_eq!(scan_all(&b), want);

@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{b64, etcdctl_at, json, ok_stdout, reserve_ports, run_bounded, target, Target};
+use crate::support::{
+    b64, etcdctl_at, json, ok_stdout, reserve_ports, run_bounded, target, Target,
+};
 
 const IMAGE: &str = "oxcd:it";
 /// How long the whole cluster may take to report healthy.
