@@ -187,7 +187,9 @@ impl Shared {
         }
         match self.tree.apply_batch(batch) {
             Ok(()) => {
-                write(&self.overlay).flushing = Arc::default();
+                let done = std::mem::take(&mut write(&self.overlay).flushing);
+                drop(set);
+                drop(done); // freed outside the lock
                 Ok(())
             }
             Err(e) => {
