@@ -28,6 +28,7 @@ use crate::proto::etcdserverpb::{
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::oxcdpeerpb::peer_server::PeerServer;
+use crate::raft::forwarder::Forwarder;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Peers, MAX_PEER_MESSAGE};
 use crate::raft::proposer::Proposer;
@@ -232,6 +233,7 @@ pub async fn serve(
 
     let ctx = Context {
         raft: raft.clone(),
+        forwarder: Forwarder::spawn(peers.clone()),
         peers,
         proposer,
         reads,

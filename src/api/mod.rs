@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::lease::Lessor;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::raft::forwarder::Forwarder;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{ForwardError, Peers};
 use crate::raft::proposer::Proposer;
@@ -40,6 +41,8 @@ pub struct Context {
     pub raft: Raft,
     /// Channels to the other members, for forwarding to the leader.
     pub peers: Peers,
+    /// Batches this member's writes for the leader when it follows.
+    pub forwarder: Forwarder,
     /// Batches this member's proposals when it leads.
     pub proposer: Proposer,
     /// Shares ReadIndex rounds among concurrent linearizable reads.
@@ -130,7 +133,10 @@ impl Context {
                     Ok(Err(ForwardError::Stopped)) => Err(Error::Stopped),
                 };
             }
-            match self.peers.propose(leader, &node, &req, remaining).await {
+            let forwarded = self
+                .forwarder
+                .propose(leader, &node, req.clone(), remaining);
+            match forwarded.await {
                 Ok(Ok((resp, log_id))) => {
                     self.wait_applied(log_id.index, deadline).await?;
                     return applied(resp);

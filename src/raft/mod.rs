@@ -2,6 +2,7 @@
 //! machine and the peer network.
 
 pub mod check_quorum;
+pub mod forwarder;
 pub mod log_store;
 pub mod network;
 pub mod proposer;

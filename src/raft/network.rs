@@ -65,7 +65,7 @@ struct PeersInner {
 }
 
 /// A failure to talk to a peer at all (not an answer from it).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
     #[error("peer {0:x} has no usable peer URL: {1}")]
     BadUrl(MemberId, String),

@@ -331,6 +331,78 @@ async fn writes_and_reads_agree_5() {
     writes_and_reads_agree(5).await;
 }
 
+/// Many clients writing at once through every member: followers send the
+/// writes that queue up together to the leader (one peer call for many),
+/// so each answer must still reach the client that wrote it. Every client
+/// puts its own key again and again with `prev_kv`: its answers must carry
+/// distinct revisions (distinct from every other client's too), the
+/// previous value it wrote itself, and a revision at which a read finds
+/// exactly its value.
+async fn concurrent_writes_through_every_member(n: usize) {
+    const PER_MEMBER: usize = 16;
+    const ROUNDS: usize = 25;
+    let cl = TestCluster::start(n).await;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        for j in 0..PER_MEMBER {
+            let mut c = cl.member(i).client().await;
+            tasks.push(tokio::spawn(async move {
+                let key = format!("conc/{i}/{j}");
+                let mut acks = Vec::new();
+                let mut prev: Option<String> = None;
+                for round in 0..ROUNDS {
+                    let value = format!("m{i}-c{j}-r{round}");
+                    let r = c
+                        .put(
+                            key.as_str(),
+                            value.as_str(),
+                            Some(etcd_client::PutOptions::new().with_prev_key()),
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("put {key} through m{i}: {e}"));
+                    let got_prev = r
+                        .prev_key()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                    assert_eq!(got_prev, prev, "prev_kv of {key}, round {round}");
+                    acks.push((key.clone(), value.clone(), r.header().unwrap().revision()));
+                    prev = Some(value);
+                }
+                acks
+            }));
+        }
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.extend(t.await.unwrap());
+    }
+    let mut revs: Vec<i64> = acks.iter().map(|a| a.2).collect();
+    revs.sort();
+    revs.dedup();
+    assert_eq!(
+        revs.len(),
+        acks.len(),
+        "two writes answered with one revision"
+    );
+
+    let mut c = cl.member(0).client().await;
+    for (key, value, rev) in &acks {
+        let g = c
+            .get(key.as_str(), Some(GetOptions::new().with_revision(*rev)))
+            .await
+            .unwrap();
+        assert_eq!(
+            kv_of(&g).map(|x| (x.0, x.2)),
+            Some((value.clone().into_bytes(), *rev)),
+            "{key} at the revision its put was answered with"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_every_member_3() {
+    concurrent_writes_through_every_member(3).await;
+}
+
 // ------------------------------------------------------------- HashKV
 
 /// etcd's consistency check across members: after writes of every kind

@@ -1,0 +1,169 @@
+//! Group forwarding: a follower's concurrent client writes travel to the
+//! leader in one peer call.
+//!
+//! A follower does not propose; it forwards each write to the leader
+//! (`Peer.Propose`). One gRPC call per write costs an HTTP/2 stream, two
+//! bincode passes and a task wake-up on both members, which under many
+//! clients is more CPU than the write itself. So, as the leader's
+//! [`Proposer`](super::proposer::Proposer) does with its own clients, the
+//! writes queued here while earlier calls are in flight leave together, as
+//! one [`Request::Batch`]. The leader proposes that batch as it would any
+//! request (it may join a larger batch there) and answers with a
+//! [`Response::Batch`], which is split back among the callers. A lone
+//! client still gets a call of one at once, so this adds no latency.
+//!
+//! ```text
+//! follower                                   leader
+//! client ─┐                                  Peer.Propose
+//! client ─┼─► queue ─► [w1 w2 w3] ───────►   proposer ─► entry #n
+//! client ─┘                       ◄───────   [r1 r2 r3] (one log id)
+//! ```
+//!
+//! Only the transport is shared: every caller keeps its own retry loop
+//! (`Context::propose`), and a failure of the call (or an answer for the
+//! whole batch, such as `NotLeader`) is every member's of the batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::network::{PeerError, Peers, ProposeResult};
+use super::types::{Member, MemberId, Request, Response};
+use crate::raft::network::ForwardError;
+
+/// Calls in flight to the leader at once: the next batch forms meanwhile.
+const IN_FLIGHT: usize = 4;
+/// Upper bounds of one call.
+const MAX_BATCH_REQUESTS: usize = 512;
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+type Reply = oneshot::Sender<Result<ProposeResult, PeerError>>;
+
+struct Queued {
+    leader: MemberId,
+    node: Member,
+    req: Request,
+    deadline: Instant,
+    reply: Reply,
+}
+
+/// The follower's queue of writes for the leader.
+#[derive(Clone)]
+pub struct Forwarder {
+    tx: mpsc::UnboundedSender<Queued>,
+}
+
+impl Forwarder {
+    pub fn spawn(peers: Peers) -> Forwarder {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(peers, rx));
+        Forwarder { tx }
+    }
+
+    /// Forwards `req` to `leader` and returns its answer, as
+    /// [`Peers::propose`] does, within `timeout`.
+    pub async fn propose(
+        &self,
+        leader: MemberId,
+        node: &Member,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<ProposeResult, PeerError> {
+        let (reply, rx) = oneshot::channel();
+        let queued = Queued {
+            leader,
+            node: node.clone(),
+            req,
+            deadline: Instant::now() + timeout,
+            reply,
+        };
+        if self.tx.send(queued).is_err() {
+            return Ok(Err(ForwardError::Stopped));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(answer) => answer.unwrap_or(Ok(Err(ForwardError::Stopped))),
+            // The batch's call outlives this caller's deadline.
+            Err(_) => Err(PeerError::Rpc(
+                leader,
+                tonic::Status::deadline_exceeded("forwarded write timed out"),
+            )),
+        }
+    }
+}
+
+async fn run(peers: Peers, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    // A write for another leader than the batch's waits for the next one.
+    let mut held: Option<Queued> = None;
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match held.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut bytes = first.req.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(next) if next.leader == batch[0].leader => {
+                    bytes += next.req.encoded_len();
+                    batch.push(next);
+                }
+                Ok(other) => {
+                    held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            call(&peers, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends one batch as one call and hands every caller its answer.
+async fn call(peers: &Peers, batch: Vec<Queued>) {
+    let leader = batch[0].leader;
+    let node = batch[0].node.clone();
+    // The call may run as long as its most patient caller; each caller
+    // stops waiting at its own deadline (see `Context::propose`).
+    let deadline = batch.iter().map(|q| q.deadline).max().expect("non-empty");
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let (mut reqs, replies): (Vec<Request>, Vec<Reply>) =
+        batch.into_iter().map(|q| (q.req, q.reply)).unzip();
+    let n = reqs.len();
+    let req = match n {
+        1 => reqs.pop().expect("one request"),
+        _ => Request::Batch(reqs),
+    };
+    let answer = peers.propose(leader, &node, &req, timeout).await;
+    match answer {
+        Ok(Ok((Response::Batch(resps), log_id))) if n > 1 && resps.len() == n => {
+            for (reply, resp) in replies.into_iter().zip(resps) {
+                let _ = reply.send(Ok(Ok((resp, log_id))));
+            }
+        }
+        // A batch answered with anything but one response per request
+        // cannot happen; its outcome is unknown, as after a lost leader.
+        Ok(Ok(_)) if n > 1 => {
+            tracing::error!("the leader answered a forwarded batch of {n} with another shape");
+            for reply in replies {
+                let _ = reply.send(Ok(Err(ForwardError::LeaderChanged)));
+            }
+        }
+        other => {
+            for reply in replies {
+                let _ = reply.send(other.clone());
+            }
+        }
+    }
+}
