@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod lease;

@@ -20,6 +20,7 @@ use tonic::transport::Server;
 
 use crate::api::{self, Context, GRPC_OVERHEAD_BYTES};
 use crate::cluster::Bootstrap;
+use crate::coalesce::Coalesced;
 use crate::config::{split_urls, Config};
 use crate::lease::{Lessor, LessorConfig};
 use crate::mvcc::Store;
@@ -386,14 +387,15 @@ async fn wait_for_leader(raft: &Raft, max: Duration) {
 /// Accepted connections with Nagle's algorithm off, as Go's net package
 /// (and so etcd) sets them: small gRPC frames must not wait for the peer's
 /// delayed ACK (a 40 ms stall per request otherwise). tonic applies its own
-/// `tcp_nodelay` only to listeners it binds itself.
+/// `tcp_nodelay` only to listeners it binds itself. Their writes are
+/// coalesced instead (see [`crate::coalesce`]).
 fn accept_nodelay(
     listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl futures::Stream<Item = std::io::Result<Coalesced<tokio::net::TcpStream>>> {
     use futures::StreamExt;
     TcpListenerStream::new(listener).map(|conn| {
         let conn = conn?;
         conn.set_nodelay(true)?;
-        Ok(conn)
+        Ok(Coalesced::new(conn))
     })
 }
