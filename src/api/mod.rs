@@ -133,9 +133,7 @@ impl Context {
                     Ok(Err(ForwardError::Stopped)) => Err(Error::Stopped),
                 };
             }
-            let forwarded = self
-                .forwarder
-                .propose(leader, &node, req.clone(), remaining);
+            let forwarded = self.forwarder.propose(leader, node, req.clone(), remaining);
             match forwarded.await {
                 Ok(Ok((resp, log_id))) => {
                     self.wait_applied(log_id.index, deadline).await?;

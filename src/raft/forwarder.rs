@@ -32,11 +32,9 @@ use super::network::{PeerError, Peers, ProposeResult};
 use super::types::{Member, MemberId, Request, Response};
 use crate::raft::network::ForwardError;
 
-/// Calls in flight to the leader at once: the next batch forms meanwhile.
-const IN_FLIGHT: usize = 4;
-/// Upper bounds of one call.
-const MAX_BATCH_REQUESTS: usize = 512;
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+// Calls in flight and the bounds of one call: the proposer's, whose
+// batches these become.
+use super::proposer::{IN_FLIGHT, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS};
 
 type Reply = oneshot::Sender<Result<ProposeResult, PeerError>>;
 
@@ -66,14 +64,14 @@ impl Forwarder {
     pub async fn propose(
         &self,
         leader: MemberId,
-        node: &Member,
+        node: Member,
         req: Request,
         timeout: Duration,
     ) -> Result<ProposeResult, PeerError> {
         let (reply, rx) = oneshot::channel();
         let queued = Queued {
             leader,
-            node: node.clone(),
+            node,
             req,
             deadline: Instant::now() + timeout,
             reply,

@@ -23,10 +23,10 @@ use super::types::{LogId, Raft, Request, Response};
 use openraft::error::RaftError;
 
 /// Batches in flight at once: the next batch forms while they commit.
-const IN_FLIGHT: usize = 4;
+pub(super) const IN_FLIGHT: usize = 4;
 /// Upper bounds of one batch.
-const MAX_BATCH_REQUESTS: usize = 512;
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+pub(super) const MAX_BATCH_REQUESTS: usize = 512;
+pub(super) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 type Reply = oneshot::Sender<Result<(Response, LogId), ForwardError>>;
 
