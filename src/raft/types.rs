@@ -149,3 +149,74 @@ impl From<ApplyError> for crate::error::Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{compare, request_op, Compare, RequestOp};
+
+    /// How `PutRequest` was encoded before its bytes fields were marked
+    /// `serde_bytes`: serde's default, a sequence of u8.
+    #[derive(Serialize)]
+    struct PutAsSequences {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+        prev_kv: bool,
+        ignore_value: bool,
+        ignore_lease: bool,
+    }
+
+    /// WAL entries written before the change must decode after it: bincode
+    /// writes a byte string and a sequence of u8 identically.
+    #[test]
+    fn bytes_fields_encode_as_before_and_round_trip() {
+        let put = PutRequest {
+            key: b"some/key".to_vec(),
+            value: (0..=255u8).collect(),
+            lease: 7,
+            prev_kv: true,
+            ignore_value: false,
+            ignore_lease: true,
+        };
+        let old = bincode::serialize(&PutAsSequences {
+            key: put.key.clone(),
+            value: put.value.clone(),
+            lease: put.lease,
+            prev_kv: put.prev_kv,
+            ignore_value: put.ignore_value,
+            ignore_lease: put.ignore_lease,
+        })
+        .unwrap();
+        assert_eq!(bincode::serialize(&put).unwrap(), old);
+
+        let txn = Request::Txn(TxnRequest {
+            compare: vec![Compare {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                target_union: Some(compare::TargetUnion::Value(b"v".to_vec())),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(put.clone())),
+            }],
+            failure: vec![],
+        });
+        let back: Request = bincode::deserialize(&bincode::serialize(&txn).unwrap()).unwrap();
+        match back {
+            Request::Txn(t) => {
+                assert_eq!(t.compare[0].key, b"k");
+                assert_eq!(t.compare[0].range_end, b"l");
+                assert_eq!(
+                    t.compare[0].target_union,
+                    Some(compare::TargetUnion::Value(b"v".to_vec()))
+                );
+                assert_eq!(
+                    t.success[0].request,
+                    Some(request_op::Request::RequestPut(put))
+                );
+            }
+            other => panic!("decoded {other:?}"),
+        }
+    }
+}
