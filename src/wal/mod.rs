@@ -36,11 +36,16 @@
 //!   and only then completes every waiter (and openraft's `LogFlushed`).
 //! - `save_vote` waits for that fsync; `save_committed` rides along with the
 //!   next one.
-//! - Rolling to a new segment fsyncs the old segment first, then creates the
-//!   new file and fsyncs the directory.
+//! - Segments are preallocated (`segment::create`): an append writes at the
+//!   end of the records, inside the file, so its `fdatasync` need not write
+//!   the inode too. Only the newest segment has a zero tail; recovery reads
+//!   it as the end.
+//! - Rolling to a new segment cuts the old one to its records and fsyncs
+//!   it first, then creates the new file and fsyncs the directory.
 //! - Truncate deletes later segments (newest first), fsyncs the directory,
-//!   cuts the file and fsyncs it before anything else is written, so a crash
-//!   leaves either the old log or a prefix of it, never a mix.
+//!   zeroes the file from the cut on and fsyncs it before anything else is
+//!   written, so a crash leaves either the old log or a prefix of it, never
+//!   a mix, and no cut record is ever read back behind newer ones.
 //! - Purge writes and fsyncs the `Purged` record before deleting segments
 //!   (oldest first), then fsyncs the directory.
 //!
@@ -49,7 +54,8 @@
 //! Every segment is scanned on open. A bad record (short header, short
 //! payload, bad length, CRC mismatch) in the newest segment with no valid
 //! record anywhere after it up to EOF is a torn write from a crash: the file
-//! is truncated there and a warning logged. Anything else — a bad record in an
+//! is zeroed from there and a warning logged (zeros alone are the
+//! preallocated end, not a torn write). Anything else — a bad record in an
 //! older segment, a bad record followed by a valid one, or an index that does
 //! not increase — is
 //! corruption: `open` fails with [`WalError::Corrupt`] naming file and offset.
@@ -67,7 +73,7 @@ pub mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -213,6 +219,21 @@ impl Wal {
                 max_index,
             });
         }
+        // The newest segment receives appends: preallocate it if it is not
+        // (written before segments were, or cut short by a crash).
+        if let (Some(last), Some(s)) = (segs.last(), rec.segments.last()) {
+            let path = s.id.path(dir);
+            let len = last
+                .file
+                .metadata()
+                .map_err(|e| WalError::io(&path, e))?
+                .len();
+            if len < opts.segment_size {
+                last.file
+                    .set_len(opts.segment_size)
+                    .map_err(|e| WalError::io(&path, e))?;
+            }
+        }
         let mut fresh = false;
         if segs.is_empty() {
             let first_index = rec.purged.as_ref().map_or(1, |(p, _)| p + 1);
@@ -220,7 +241,8 @@ impl Wal {
                 seq: 1,
                 first_index,
             };
-            let file = segment::create(dir, id).map_err(|e| WalError::io(dir, e))?;
+            let file =
+                segment::create(dir, id, opts.segment_size).map_err(|e| WalError::io(dir, e))?;
             segs.push(WSeg {
                 id,
                 file,
@@ -687,13 +709,20 @@ impl Writer {
         }
         let seq = cur.id.seq + 1;
         self.flush()?;
+        // Only the newest segment may end in preallocated zeros (recovery
+        // refuses a bad record anywhere else): cut this one to its records.
+        let (size, path) = (self.cur().size, self.cur_path());
+        self.cur()
+            .file
+            .set_len(size)
+            .map_err(|e| WalError::io(&path, e))?;
         self.sync()?;
         let id = SegmentId {
             seq,
             first_index: next_index,
         };
-        let file =
-            segment::create(&self.dir, id).map_err(|e| WalError::io(&id.path(&self.dir), e))?;
+        let file = segment::create(&self.dir, id, self.opts.segment_size)
+            .map_err(|e| WalError::io(&id.path(&self.dir), e))?;
         tracing::debug!(segment = %id.file_name(), "wal: rolled to new segment");
         self.segs.push(WSeg {
             id,
@@ -712,8 +741,8 @@ impl Writer {
         }
         let path = self.cur_path();
         let cur = self.segs.last_mut().expect("at least one segment");
-        (&*cur.file)
-            .write_all(&self.buf)
+        cur.file
+            .write_all_at(&self.buf, cur.size)
             .map_err(|e| WalError::io(&path, e))?;
         cur.size += self.buf.len() as u64;
         self.buf.clear();
@@ -770,14 +799,18 @@ impl Writer {
             segment::sync_dir(&self.dir).map_err(|e| WalError::io(&self.dir, e))?;
         }
         let path = self.cur_path();
+        let prealloc = self.opts.segment_size;
         let cur = self.cur();
         debug_assert_eq!(cur.id.seq, seq);
-        cur.file
-            .set_len(offset)
-            .map_err(|e| WalError::io(&path, e))?;
+        // Zeros from the cut on, so that no cut record can be read back
+        // behind the shorter records appended next.
+        segment::cut_at(&cur.file, offset, prealloc).map_err(|e| WalError::io(&path, e))?;
         cur.size = offset;
-        // Durable before anything new lands on the same bytes.
-        self.sync()?;
+        // Durable before anything new lands on the same bytes; a full
+        // fsync, since the cut changes the file's block map, not its data.
+        cur.file.sync_all().map_err(|e| WalError::io(&path, e))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.dirty = false;
         drop(self.index.split_off(&index));
         let seq = self.cur().id.seq;
         let max = self
@@ -868,16 +901,33 @@ mod tests {
             .collect()
     }
 
-    /// Start offsets of the records in a segment file.
-    fn record_offsets(path: &Path) -> Vec<usize> {
+    /// Start offsets of the records in a segment file, and where they end
+    /// (only zeros, the preallocated space, may follow).
+    fn records(path: &Path) -> (Vec<usize>, usize) {
         let buf = fs::read(path).unwrap();
         let mut offs = Vec::new();
         let mut off = 0;
         while off < buf.len() {
-            offs.push(off);
-            off += record::decode(&buf[off..]).unwrap().1;
+            match record::decode(&buf[off..]) {
+                Ok((_, n)) => {
+                    offs.push(off);
+                    off += n;
+                }
+                Err(e) => {
+                    assert!(buf[off..].iter().all(|&b| b == 0), "{e} at {off}");
+                    break;
+                }
+            }
         }
-        offs
+        (offs, off)
+    }
+
+    fn record_offsets(path: &Path) -> Vec<usize> {
+        records(path).0
+    }
+
+    fn records_end(path: &Path) -> usize {
+        records(path).1
     }
 
     fn flip(path: &Path, pos: usize) {
@@ -896,7 +946,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         five(d.path());
         let seg = &segments(d.path())[0];
-        let len = fs::metadata(seg).unwrap().len();
+        let len = records_end(seg) as u64;
         fs::OpenOptions::new()
             .write(true)
             .open(seg)
@@ -912,6 +962,80 @@ mod tests {
         let want: Vec<_> = (1..=4)
             .map(|i| (i, data(i, 0)))
             .chain([(5, data(5, 1))])
+            .collect();
+        assert_eq!(all(&w), want);
+    }
+
+    #[test]
+    fn segments_are_preallocated_and_older_ones_cut_to_their_records() {
+        let d = tempfile::tempdir().unwrap();
+        let seg_size = 4096;
+        {
+            let w = open(d.path(), seg_size).unwrap();
+            for i in 1..=3 {
+                append_wait(&w, vec![(i, data(i, 0))]);
+            }
+            let segs = segments(d.path());
+            assert_eq!(segs.len(), 1);
+            assert_eq!(fs::metadata(&segs[0]).unwrap().len(), seg_size);
+            assert_eq!(record_offsets(&segs[0]).len(), 3);
+        }
+        // Reopen: the zero tail is the end, not a torn record; appends go
+        // right after the records, inside the preallocated space.
+        {
+            let w = open(d.path(), seg_size).unwrap();
+            assert_eq!(w.last_index(), Some(3));
+            for i in 4..=200 {
+                append_wait(&w, vec![(i, data(i, 0))]);
+            }
+        }
+        let segs = segments(d.path());
+        assert!(segs.len() > 1);
+        for (k, p) in segs.iter().enumerate() {
+            let len = fs::metadata(p).unwrap().len();
+            if k + 1 < segs.len() {
+                assert_eq!(len, records_end(p) as u64, "{} keeps zeros", p.display());
+            } else {
+                assert_eq!(len, seg_size);
+            }
+        }
+        let w = open(d.path(), seg_size).unwrap();
+        assert_eq!(
+            all(&w),
+            (1..=200).map(|i| (i, data(i, 0))).collect::<Vec<_>>()
+        );
+    }
+
+    /// A torn record in front of the zero tail is zeroed, not just skipped:
+    /// shorter records appended over it must not leave its bytes behind.
+    #[test]
+    fn torn_record_in_preallocated_space_is_zeroed() {
+        let d = tempfile::tempdir().unwrap();
+        five(d.path());
+        let seg = segments(d.path())[0].clone();
+        let end = records_end(&seg);
+        let mut torn = Vec::new();
+        Record::Entry {
+            index: 6,
+            data: vec![7u8; 300],
+        }
+        .encode_into(&mut torn);
+        torn.truncate(200);
+        let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&torn, end as u64).unwrap();
+        drop(f);
+        {
+            let w = open(d.path(), 1 << 20).unwrap();
+            assert_eq!(w.last_index(), Some(5));
+            let buf = fs::read(&seg).unwrap();
+            assert_eq!(buf.len(), 1 << 20);
+            assert!(buf[end..].iter().all(|&b| b == 0), "torn bytes left");
+            append_wait(&w, vec![(6, data(6, 1))]);
+        }
+        let w = open(d.path(), 1 << 20).unwrap();
+        let want: Vec<_> = (1..=5)
+            .map(|i| (i, data(i, 0)))
+            .chain([(6, data(6, 1))])
             .collect();
         assert_eq!(all(&w), want);
     }
@@ -1153,7 +1277,7 @@ mod tests {
             let m = run_ops(d.path(), &ops);
             let newest = segment::list(d.path()).unwrap().pop().unwrap();
             let path = newest.path(d.path());
-            let len = fs::metadata(&path).unwrap().len() as usize;
+            let len = records_end(&path);
             let at = cut.index(len + 1) as u64;
             fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(at).unwrap();
             let w = open(d.path(), 160).unwrap();
@@ -1176,13 +1300,13 @@ mod tests {
         fn flipped_byte_is_refused_or_torn(ops in proptest::collection::vec(op(), 1..40), pick in any::<prop::sample::Index>(), pos in any::<prop::sample::Index>()) {
             let d = tempfile::tempdir().unwrap();
             let m = run_ops(d.path(), &ops);
-            let segs: Vec<_> = segments(d.path()).into_iter().filter(|p| fs::metadata(p).unwrap().len() > 0).collect();
+            let segs: Vec<_> = segments(d.path()).into_iter().filter(|p| records_end(p) > 0).collect();
             prop_assume!(!segs.is_empty());
             let k = pick.index(segs.len());
             let path = segs[k].clone();
             let newest = path == *segments(d.path()).last().unwrap();
             let last_rec = *record_offsets(&path).last().unwrap();
-            let at = pos.index(fs::metadata(&path).unwrap().len() as usize);
+            let at = pos.index(records_end(&path));
             flip(&path, at);
             match open(d.path(), 160) {
                 Err(WalError::Corrupt { path: p, .. }) => prop_assert_eq!(p, path),

@@ -47,8 +47,11 @@ fn valid_record_follows(buf: &[u8], from: usize) -> bool {
 /// Scans the segments in `dir`, oldest first.
 ///
 /// Rules (see the module essay in `wal/mod.rs`):
+/// - the newest segment ends where only zeros follow (its preallocated
+///   space); older segments are cut to their records when the next one is
+///   created, so zeros there are a bad record like any other;
 /// - a bad record in the newest segment with nothing valid after it is a
-///   torn write: the file is truncated at its offset and fsynced;
+///   torn write: the file is zeroed from its offset on and fsynced;
 /// - any other bad record, or entries that are not consecutive (other than
 ///   after a purge), is corruption, reported with file path and offset.
 pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
@@ -66,6 +69,8 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         while off < buf.len() {
             let (rec, n) = match record::decode(&buf[off..]) {
                 Ok(x) => x,
+                // The newest segment's preallocated space: its end.
+                Err(_) if newest && buf[off..].iter().all(|&b| b == 0) => break,
                 Err(why) => {
                     if !newest || valid_record_follows(&buf, off + 1) {
                         return Err(WalError::Corrupt {
@@ -81,11 +86,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                         reason = %why,
                         "wal: truncating torn record at tail"
                     );
+                    // Zeroed, not cut short: the segment keeps its
+                    // preallocated length, and its tail reads as the end.
                     let f = fs::OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .map_err(|e| WalError::io(&path, e))?;
-                    f.set_len(off as u64).map_err(|e| WalError::io(&path, e))?;
+                    segment::cut_at(&f, off as u64, buf.len() as u64)
+                        .map_err(|e| WalError::io(&path, e))?;
                     f.sync_all().map_err(|e| WalError::io(&path, e))?;
                     break;
                 }

@@ -21,7 +21,8 @@
 //!    every link into it from peers ([`super::proxy::Link::Sever`]: bytes are
 //!    discarded and the connection closed, never delivered later), so from
 //!    then on the member cannot learn of new commits or answer anyone;
-//! 2. it reads the newest segment: `S` bytes. Everything the member had
+//! 2. it reads the newest segment, whose records end at `S` (the file
+//!    itself is preallocated: zeros follow). Everything the member had
 //!    synced or said is within those bytes;
 //! 3. it lets the member run a moment (an isolated leader appends the
 //!    proposals its clients still send; a follower times out and writes
@@ -36,7 +37,7 @@
 //! synced, nothing from `x` on is, and every message the member sent after
 //! step 1 — the only ones that could depend on bytes past `S` — was lost
 //! in the network, which a crash may always look like. The member must
-//! repair the torn record (truncate at its start, logging
+//! repair the torn record (zero the file from its start, logging
 //! `wal: truncating torn record at tail`) and rejoin; a member that refuses
 //! to start is reported as a failure.
 //!
@@ -104,7 +105,8 @@ pub struct Cut {
     pub offset: usize,
     pub frame: Frame,
     pub mode: Mode,
-    /// File length before the cut.
+    /// Where the records ended before the cut (zero-filling stops there:
+    /// the preallocated rest of the file is zeros already).
     pub len: usize,
 }
 
@@ -148,8 +150,13 @@ pub fn choose_cut(buf: &[u8], safe_from: usize, rng: &mut Rng) -> Option<Cut> {
         offset,
         frame,
         mode,
-        len: buf.len(),
+        len: records_end(buf),
     })
+}
+
+/// Where the whole, valid records of a segment end.
+pub fn records_end(buf: &[u8]) -> usize {
+    frames(buf).last().map_or(0, |f| f.end)
 }
 
 /// The newest segment of a WAL directory and its bytes.
@@ -202,10 +209,11 @@ pub fn safe_from(
             ))
         };
     }
-    if b1.len() < b0.len() || b1[..b0.len()] != b0[..] {
+    let s = records_end(b0);
+    if b1.len() < s || b1[..s] != b0[..s] {
         return Err("the log was rewritten below what it held when isolated".into());
     }
-    Ok(b0.len())
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -258,14 +266,23 @@ mod tests {
     #[test]
     fn safe_point_requires_an_unchanged_prefix() {
         let b = segment();
+        let fr = frames(&b);
         let p = PathBuf::from("/x/0000000000000001-0000000000000001.wal");
-        let before = Some((p.clone(), b[..20].to_vec()));
-        assert_eq!(safe_from(&before, &(p.clone(), b.clone())), Ok(20));
-        let mut changed = b.clone();
+        // Preallocated files: zeros after the records, before and after.
+        let mut isolated = b[..fr[1].end].to_vec();
+        isolated.resize(b.len() + 64, 0);
+        let before = Some((p.clone(), isolated));
+        let mut after = b.clone();
+        after.resize(b.len() + 64, 0);
+        assert_eq!(
+            safe_from(&before, &(p.clone(), after.clone())),
+            Ok(fr[1].end)
+        );
+        let mut changed = after.clone();
         changed[3] ^= 1;
         assert!(safe_from(&before, &(p.clone(), changed)).is_err());
         let newer = PathBuf::from("/x/0000000000000002-0000000000000009.wal");
-        assert_eq!(safe_from(&before, &(newer, b.clone())), Ok(0));
+        assert_eq!(safe_from(&before, &(newer, after)), Ok(0));
     }
 
     #[test]
@@ -298,10 +315,13 @@ mod tests {
     fn oxcd_wal_repairs_every_cut() {
         use oxcd::wal::{Wal, WalOptions};
         let mut rng = Rng::new(11);
+        let opts = WalOptions {
+            segment_size: 1 << 20,
+        };
         for round in 0..40 {
             let dir = tempfile::tempdir().unwrap();
             {
-                let w = Wal::open(dir.path(), WalOptions::default()).unwrap();
+                let w = Wal::open(dir.path(), opts.clone()).unwrap();
                 for i in 1..=8u64 {
                     let (tx, rx) = std::sync::mpsc::channel();
                     let data = format!("entry {i} of round {round}").into_bytes();
@@ -318,14 +338,17 @@ mod tests {
             let safe = fr[fr.len() / 2].start;
             let c = choose_cut(&b, safe, &mut rng).unwrap();
             apply(&p, &c).unwrap();
-            let w = Wal::open(dir.path(), WalOptions::default())
+            let w = Wal::open(dir.path(), opts.clone())
                 .unwrap_or_else(|e| panic!("cut {c:?} not repaired: {e}"));
             let kept_entries = fr
                 .iter()
                 .filter(|f| f.ty == 1 && f.end <= c.frame.start)
                 .count() as u64;
             assert_eq!(w.last_index().unwrap_or(0), kept_entries, "{c:?}");
-            assert_eq!(std::fs::metadata(&p).unwrap().len(), c.frame.start as u64);
+            // The torn record is gone for good: zeros from its start on.
+            let after = std::fs::read(&p).unwrap();
+            assert_eq!(records_end(&after), c.frame.start, "{c:?}");
+            assert!(after[c.frame.start..].iter().all(|&b| b == 0), "{c:?}");
         }
     }
 }
