@@ -301,22 +301,36 @@ fn responses(
     ctx: Context,
     store: Store,
 ) -> impl Stream<Item = Result<WatchResponse, Status>> + Send {
-    let state = (rx, VecDeque::<WatchResponse>::new(), false);
-    futures::stream::unfold(state, move |(mut rx, mut queue, done)| {
-        let ctx = ctx.clone();
-        let store = store.clone();
-        async move {
-            if done {
-                return None;
+    // The context and store travel in the state: cloning them per response
+    // (a dozen reference counts each) showed in the fan-out profile.
+    struct State {
+        rx: mpsc::Receiver<Msg>,
+        queue: VecDeque<WatchResponse>,
+        done: bool,
+        ctx: Context,
+        store: Store,
+    }
+    let state = State {
+        rx,
+        queue: VecDeque::new(),
+        done: false,
+        ctx,
+        store,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            if let Some(r) = st.queue.pop_front() {
+                return Some((Ok(r), st));
             }
-            loop {
-                if let Some(r) = queue.pop_front() {
-                    return Some((Ok(r), (rx, queue, false)));
+            match st.rx.recv().await? {
+                Msg::Fail(status) => {
+                    st.done = true;
+                    return Some((Err(status), st));
                 }
-                match rx.recv().await? {
-                    Msg::Fail(status) => return Some((Err(status), (rx, queue, true))),
-                    msg => to_responses(msg, &ctx, &store, &mut queue),
-                }
+                msg => to_responses(msg, &st.ctx, &st.store, &mut st.queue),
             }
         }
     })
