@@ -173,7 +173,7 @@ pub async fn serve(
     .context("start raft")?;
 
     let proposer = Proposer::spawn(raft.clone());
-    let reads = ReadIndex::new(raft.clone(), config.election());
+    let reads = ReadIndex::new(raft.clone(), peers.clone(), config.election());
     let api_cell = Arc::new(std::sync::OnceLock::new());
     tokio::spawn(crate::raft::check_quorum::run(
         raft.clone(),

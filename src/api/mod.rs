@@ -196,7 +196,7 @@ impl Context {
         }
         let deadline = Instant::now() + self.request_timeout;
         loop {
-            let (leader, node) = self.wait_for_leader(deadline).await?;
+            let (leader, _) = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let index = if leader == self.member_id {
                 match tokio::time::timeout(remaining, self.reads.read_index()).await {
@@ -206,11 +206,15 @@ impl Context {
                     Ok(Err(_)) => None,
                 }
             } else {
-                match self.peers.read_index(leader, &node, remaining).await {
-                    Ok(Ok(index)) => Some(index),
-                    Ok(Err(ForwardError::Stopped)) | Ok(Err(ForwardError::NotLeader(_))) => None,
-                    Ok(Err(ForwardError::LeaderChanged)) => None,
-                    Err(e) => {
+                match tokio::time::timeout(remaining, self.reads.read_index_from_leader()).await {
+                    Err(_) => return Err(Error::Timeout),
+                    Ok(Ok(Ok(index))) => Some(index),
+                    Ok(Ok(Err(
+                        ForwardError::Stopped
+                        | ForwardError::NotLeader(_)
+                        | ForwardError::LeaderChanged,
+                    ))) => None,
+                    Ok(Err(e)) => {
                         tracing::debug!(error = %e, "ReadIndex from the leader failed");
                         None
                     }

@@ -403,6 +403,67 @@ async fn concurrent_writes_through_every_member_3() {
     concurrent_writes_through_every_member(3).await;
 }
 
+/// Linearizable reads through followers, while other follower reads keep
+/// the ReadIndex batching busy (a follower shares one call to the leader
+/// among the reads that arrived meanwhile): a read that starts after a put
+/// was acknowledged sees it, and no reader ever sees a value go back.
+/// A read answered by a round that started before it arrived would see
+/// the previous value.
+async fn follower_reads_see_every_acknowledged_write(n: usize) {
+    const WRITES: u32 = 150;
+    const READS_PER_WRITE: usize = 6;
+    let mut cl = TestCluster::start(n).await;
+    let leader = cl.wait_for_leader(Duration::from_secs(10)).await;
+    let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    let key = "lin/k";
+    let value_of = |r: &etcd_client::GetResponse| -> u32 {
+        kv_of(r).map_or(0, |kv| String::from_utf8(kv.0).unwrap().parse().unwrap())
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut background = Vec::new();
+    for &f in &followers {
+        for _ in 0..2 {
+            let mut c = cl.member(f).client().await;
+            let stop = stop.clone();
+            background.push(tokio::spawn(async move {
+                let (mut last, mut reads) = (0u32, 0u32);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let v = value_of(&c.get(key, None).await.unwrap());
+                    assert!(v >= last, "m{f}: read {v} after {last}");
+                    last = v;
+                    reads += 1;
+                }
+                reads
+            }));
+        }
+    }
+    let mut writer = cl.member(leader).client().await;
+    let mut readers = Vec::new();
+    for &f in &followers {
+        for _ in 0..READS_PER_WRITE {
+            readers.push((f, cl.member(f).client().await));
+        }
+    }
+    for i in 1..=WRITES {
+        writer.put(key, format!("{i}"), None).await.unwrap();
+        let checks = readers.iter_mut().map(|(f, c)| async move {
+            let v = value_of(&c.get(key, None).await.unwrap());
+            assert_eq!(v, i, "m{f} read {v} after put {i} was acknowledged");
+        });
+        futures::future::join_all(checks).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in background {
+        assert!(t.await.unwrap() > 0, "a background reader never read");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reads_see_every_acknowledged_write_3() {
+    follower_reads_see_every_acknowledged_write(3).await;
+}
+
 // ------------------------------------------------------------- HashKV
 
 /// etcd's consistency check across members: after writes of every kind
