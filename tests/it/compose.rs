@@ -384,9 +384,11 @@ fn three_members_in_docker_compose() {
     }
 
     // 3. Kill one member; the other two keep taking writes; it comes back
-    // and holds exactly what they hold.
+    // and holds exactly what they hold. If it led, writes fail ("leader
+    // changed", as on etcd) until the other two elect a leader: wait for it.
     let victim = p.container("oxcd-3");
     docker(&["kill", &victim]);
+    wait_leader(&p, &[0, 1], CONVERGE_TIMEOUT);
     for n in 0..20 {
         put(
             &p.endpoint(n % 2),
