@@ -240,10 +240,13 @@ impl Context {
             metrics.wait_for(|m| m.current_leader.is_some()),
         )
         .await;
+        // Read in place: every write and linearizable read comes here, and
+        // cloning all of RaftMetrics (the leader's replication map too) per
+        // request is wasted work.
         let m = match known {
             Err(_) => return Err(Error::Timeout),
             Ok(Err(_)) => return Err(Error::Stopped),
-            Ok(Ok(m)) => m.clone(),
+            Ok(Ok(m)) => m,
         };
         let leader = m.current_leader.expect("waited for a leader");
         let node = m
