@@ -2,14 +2,15 @@
 //! SIGTERM or SIGINT. `oxcd probe` checks a member's health instead.
 
 use clap::Parser;
+use oxcd::config::Config;
+use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of glibc's malloc: glibc's allocator (malloc, free,
 /// consolidation of its bins) was ~15% of the server's CPU under write
-/// load. See the commit that made this change for the measurements.
+/// load. Measured on one member: -19% CPU for 200,000 puts, for +13 MiB
+/// of RSS after them (126 MiB; etcd holds ~190 MiB).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use oxcd::config::Config;
-use tracing_subscriber::EnvFilter;
 
 fn init_tracing(config: &Config) {
     let level = match config.log_level.as_str() {
