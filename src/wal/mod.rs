@@ -221,8 +221,8 @@ impl Wal {
         }
         // The newest segment receives appends: preallocate it if it is not
         // (written before segments were, or cut short by a crash).
-        if let (Some(last), Some(s)) = (segs.last(), rec.segments.last()) {
-            let path = s.id.path(dir);
+        if let Some(last) = segs.last() {
+            let path = last.id.path(dir);
             let len = last
                 .file
                 .metadata()
@@ -765,11 +765,20 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
+        self.sync_file(false)
+    }
+
+    /// fdatasync the newest segment, or with `all` a full fsync (after a
+    /// cut, which changes the file's block map rather than its data).
+    fn sync_file(&mut self, all: bool) -> Result<(), WalError> {
         let path = self.cur_path();
-        self.cur()
-            .file
-            .sync_data()
-            .map_err(|e| WalError::io(&path, e))?;
+        let file = &self.cur().file;
+        let synced = if all {
+            file.sync_all()
+        } else {
+            file.sync_data()
+        };
+        synced.map_err(|e| WalError::io(&path, e))?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.dirty = false;
         Ok(())
@@ -806,11 +815,8 @@ impl Writer {
         // behind the shorter records appended next.
         segment::cut_at(&cur.file, offset, prealloc).map_err(|e| WalError::io(&path, e))?;
         cur.size = offset;
-        // Durable before anything new lands on the same bytes; a full
-        // fsync, since the cut changes the file's block map, not its data.
-        cur.file.sync_all().map_err(|e| WalError::io(&path, e))?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.dirty = false;
+        // Durable before anything new lands on the same bytes.
+        self.sync_file(true)?;
         drop(self.index.split_off(&index));
         let seq = self.cur().id.seq;
         let max = self
