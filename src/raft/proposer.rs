@@ -5,8 +5,10 @@
 //! follower) is queued here. A small number of batches is in flight at once;
 //! whatever queues up meanwhile becomes the next batch, a single
 //! [`Request::Batch`] entry: one WAL append and fsync, one replication
-//! message, one sled batch for all of them. A lone client still gets a
-//! batch of one at once, so this adds no latency.
+//! message, one sled batch for all of them. A write that finds nothing
+//! queued and a batch slot free is proposed from its caller's task at once
+//! (a lone client's write does not pass through the batching task: two task
+//! hand-offs fewer on its path).
 //!
 //! ```text
 //! client ─┐
@@ -14,6 +16,7 @@
 //! client ─┘
 //! ```
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -32,40 +35,69 @@ type Reply = oneshot::Sender<Result<(Response, LogId), ForwardError>>;
 
 #[derive(Clone)]
 pub struct Proposer {
+    raft: Raft,
     tx: mpsc::UnboundedSender<(Request, Reply)>,
+    /// Writes sent to the batching task and not yet taken by it.
+    queued: Arc<AtomicUsize>,
+    /// Entries in flight, batched or not (the batching task holds one
+    /// while it waits for its next batch's first write).
+    permits: Arc<Semaphore>,
 }
 
 impl Proposer {
     pub fn spawn(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
-        Proposer { tx }
+        let queued = Arc::new(AtomicUsize::new(0));
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        tokio::spawn(run(raft.clone(), rx, queued.clone(), permits.clone()));
+        Proposer {
+            raft,
+            tx,
+            queued,
+            permits,
+        }
     }
 
     /// Proposes `req` on this member (which should be the leader) and waits
     /// until it is applied here. `LeaderChanged` means the outcome is
     /// unknown: leadership moved before or while the entry committed.
     pub async fn propose(&self, req: Request) -> Result<(Response, LogId), ForwardError> {
+        // Nothing waits to be batched and a slot is free: this write would
+        // be a batch of one anyway. (A semaphore with waiters, such as the
+        // batching task, hands no permit to `try_acquire`.)
+        if self.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(_permit) = self.permits.try_acquire() {
+                return write(&self.raft, req).await;
+            }
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((req, reply))
-            .map_err(|_| ForwardError::Stopped)?;
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send((req, reply)).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(ForwardError::Stopped);
+        }
         rx.await.unwrap_or(Err(ForwardError::Stopped))
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Request, Reply)>) {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<(Request, Reply)>,
+    queued: Arc<AtomicUsize>,
+    permits: Arc<Semaphore>,
+) {
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         let Some(first) = rx.recv().await else { return };
+        queued.fetch_sub(1, Ordering::AcqRel);
         let mut bytes = first.0.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(next) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     bytes += next.0.encoded_len();
                     batch.push(next);
                 }
@@ -86,12 +118,7 @@ async fn commit(raft: &Raft, batch: Vec<(Request, Reply)>) {
         1 => reqs.pop().expect("one request"),
         _ => Request::Batch(reqs),
     };
-    let outcome = match raft.client_write(entry).await {
-        Ok(resp) => Ok((resp.data, resp.log_id)),
-        Err(RaftError::APIError(_)) => Err(ForwardError::LeaderChanged),
-        Err(RaftError::Fatal(_)) => Err(ForwardError::Stopped),
-    };
-    match outcome {
+    match write(raft, entry).await {
         Ok((Response::Batch(responses), log_id)) if replies.len() > 1 => {
             for (reply, resp) in replies.into_iter().zip(responses) {
                 let _ = reply.send(Ok((resp, log_id)));
@@ -107,5 +134,14 @@ async fn commit(raft: &Raft, batch: Vec<(Request, Reply)>) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// Proposes one log entry and waits until it is applied here.
+async fn write(raft: &Raft, entry: Request) -> Result<(Response, LogId), ForwardError> {
+    match raft.client_write(entry).await {
+        Ok(resp) => Ok((resp.data, resp.log_id)),
+        Err(RaftError::APIError(_)) => Err(ForwardError::LeaderChanged),
+        Err(RaftError::Fatal(_)) => Err(ForwardError::Stopped),
     }
 }
