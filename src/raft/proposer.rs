@@ -25,8 +25,11 @@ use super::network::ForwardError;
 use super::types::{LogId, Raft, Request, Response};
 use openraft::error::RaftError;
 
-/// Batches in flight at once: the next batch forms while they commit.
-pub(super) const IN_FLIGHT: usize = 4;
+/// Batches in flight at once: the next batch forms while they commit. Two,
+/// not four: fewer, larger entries cost fewer fsyncs and less Raft
+/// bookkeeping per write (1 member, 100 clients: 0.086 -> 0.057 fdatasync
+/// per put), and one slot is left for a lone write's direct path.
+pub(super) const IN_FLIGHT: usize = 2;
 /// Upper bounds of one batch.
 pub(super) const MAX_BATCH_REQUESTS: usize = 512;
 pub(super) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
