@@ -993,6 +993,34 @@ mod tests {
         ]
     }
 
+    /// Writes gathered in a batch and, once the batch is applied, in the
+    /// model the backend is checked against.
+    #[derive(Default)]
+    struct Staged {
+        batch: WriteBatch,
+        writes: Vec<PendingWrite>,
+    }
+
+    impl Staged {
+        fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+            self.batch.insert(&k, &v);
+            self.writes.push((k, Some(v)));
+        }
+        fn del(&mut self, k: Vec<u8>) {
+            self.batch.remove(&k);
+            self.writes.push((k, None));
+        }
+        fn apply(&mut self, b: &Backend, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+            b.apply(std::mem::take(&mut self.batch)).unwrap();
+            for (k, v) in self.writes.drain(..) {
+                match v {
+                    Some(v) => model.insert(k, v),
+                    None => model.remove(&k),
+                };
+            }
+        }
+    }
+
     fn rk(rev: u8) -> Vec<u8> {
         rev_key(Revision::new(rev as i64, 0)).to_vec()
     }
@@ -1109,32 +1137,16 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let b = Backend::open(dir.path()).unwrap();
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-            let mut batch = WriteBatch::new();
-            let mut staged: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+            let mut staged = Staged::default();
             for op in ops {
                 match op {
-                    RevOp::Put(r, v) => {
-                        batch.insert(&rk(r), &[0, v]);
-                        staged.push((rk(r), Some(vec![0, v])));
-                    }
-                    RevOp::Del(r) => {
-                        batch.remove(&rk(r));
-                        staged.push((rk(r), None));
-                    }
+                    RevOp::Put(r, v) => staged.put(rk(r), vec![0, v]),
+                    RevOp::Del(r) => staged.del(rk(r)),
                     RevOp::Other(hi, v) => {
                         let k = if hi { vec![REV_PREFIX + 1, v] } else { vec![META_PREFIX, v] };
-                        batch.insert(&k, &[v]);
-                        staged.push((k, Some(vec![v])));
+                        staged.put(k, vec![v]);
                     }
-                    RevOp::Apply => {
-                        b.apply(std::mem::take(&mut batch)).unwrap();
-                        for (k, v) in staged.drain(..) {
-                            match v {
-                                Some(v) => model.insert(k, v),
-                                None => model.remove(&k),
-                            };
-                        }
-                    }
+                    RevOp::Apply => staged.apply(&b, &mut model),
                     RevOp::Flush => b.shared.flush_pending().unwrap(),
                 }
                 for r in 0u8..42 {
@@ -1166,27 +1178,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let b = Backend::open(dir.path()).unwrap();
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-            let mut batch = WriteBatch::new();
-            let mut staged: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+            let mut staged = Staged::default();
             for op in ops {
                 match op {
-                    Op::Put(k, v) => {
-                        batch.insert(&[k], &[v]);
-                        staged.push((vec![k], Some(vec![v])));
-                    }
-                    Op::Del(k) => {
-                        batch.remove(&[k]);
-                        staged.push((vec![k], None));
-                    }
-                    Op::Apply => {
-                        b.apply(std::mem::take(&mut batch)).unwrap();
-                        for (k, v) in staged.drain(..) {
-                            match v {
-                                Some(v) => model.insert(k, v),
-                                None => model.remove(&k),
-                            };
-                        }
-                    }
+                    Op::Put(k, v) => staged.put(vec![k], vec![v]),
+                    Op::Del(k) => staged.del(vec![k]),
+                    Op::Apply => staged.apply(&b, &mut model),
                     Op::Flush => b.shared.flush_pending().unwrap(),
                 }
                 for k in 0u8..24 {
