@@ -29,7 +29,8 @@ use crate::raft::network::{ForwardError, Peers};
 use crate::raft::proposer::Proposer;
 use crate::raft::read_index::ReadIndex;
 use crate::raft::types::{
-    Member, MemberAttributes, MemberDirectory, MemberId, Raft, Request, Response, TypeConfig,
+    known_leader, Member, MemberAttributes, MemberDirectory, MemberId, Raft, Request, Response,
+    TypeConfig,
 };
 
 /// etcd's gRPC overhead allowance on top of `--max-request-bytes`.
@@ -248,14 +249,7 @@ impl Context {
             Ok(Err(_)) => return Err(Error::Stopped),
             Ok(Ok(m)) => m,
         };
-        let leader = m.current_leader.expect("waited for a leader");
-        let node = m
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()
-            .ok_or(Error::NoLeader)?;
-        Ok((leader, node))
+        known_leader(&m).ok_or(Error::NoLeader)
     }
 
     /// Waits until the local state machine has applied `index`.

@@ -977,8 +977,8 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Put(u8, u8),
-        Del(u8),
+        Put(Vec<u8>, Vec<u8>),
+        Del(Vec<u8>),
         /// Ends the current batch.
         Apply,
         /// Hands what is pending to sled.
@@ -987,8 +987,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u8..24, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
-            2 => (0u8..24).prop_map(Op::Del),
+            4 => (0u8..24, any::<u8>()).prop_map(|(k, v)| Op::Put(vec![k], vec![v])),
+            2 => (0u8..24).prop_map(|k| Op::Del(vec![k])),
             2 => Just(Op::Apply),
             1 => Just(Op::Flush),
         ]
@@ -1003,21 +1003,26 @@ mod tests {
     }
 
     impl Staged {
-        fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
-            self.batch.insert(&k, &v);
-            self.writes.push((k, Some(v)));
-        }
-        fn del(&mut self, k: Vec<u8>) {
-            self.batch.remove(&k);
-            self.writes.push((k, None));
-        }
-        fn apply(&mut self, b: &Backend, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
-            b.apply(std::mem::take(&mut self.batch)).unwrap();
-            for (k, v) in self.writes.drain(..) {
-                match v {
-                    Some(v) => model.insert(k, v),
-                    None => model.remove(&k),
-                };
+        fn run(&mut self, op: Op, b: &Backend, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+            match op {
+                Op::Put(k, v) => {
+                    self.batch.insert(&k, &v);
+                    self.writes.push((k, Some(v)));
+                }
+                Op::Del(k) => {
+                    self.batch.remove(&k);
+                    self.writes.push((k, None));
+                }
+                Op::Apply => {
+                    b.apply(std::mem::take(&mut self.batch)).unwrap();
+                    for (k, v) in self.writes.drain(..) {
+                        match v {
+                            Some(v) => model.insert(k, v),
+                            None => model.remove(&k),
+                        };
+                    }
+                }
+                Op::Flush => b.shared.flush_pending().unwrap(),
             }
         }
     }
@@ -1026,23 +1031,18 @@ mod tests {
         rev_key(Revision::new(rev as i64, 0)).to_vec()
     }
 
-    #[derive(Debug, Clone)]
-    enum RevOp {
-        Put(u8, u8),
-        Del(u8),
-        /// A key outside the revision keyspace, on either side of it.
-        Other(bool, u8),
-        Apply,
-        Flush,
-    }
-
-    fn rev_op() -> impl Strategy<Value = RevOp> {
+    /// Revisions 0..40 (values as stored: a tombstone flag and a byte), and
+    /// now and then a key on either side of the revision keyspace.
+    fn rev_op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (0u8..40, any::<u8>()).prop_map(|(r, v)| RevOp::Put(r, v)),
-            2 => (0u8..40).prop_map(RevOp::Del),
-            1 => (any::<bool>(), any::<u8>()).prop_map(|(hi, v)| RevOp::Other(hi, v)),
-            2 => Just(RevOp::Apply),
-            2 => Just(RevOp::Flush),
+            6 => (0u8..40, any::<u8>()).prop_map(|(r, v)| Op::Put(rk(r), vec![0, v])),
+            2 => (0u8..40).prop_map(|r| Op::Del(rk(r))),
+            1 => (any::<bool>(), any::<u8>()).prop_map(|(hi, v)| {
+                let k = if hi { vec![REV_PREFIX + 1, v] } else { vec![META_PREFIX, v] };
+                Op::Put(k, vec![v])
+            }),
+            2 => Just(Op::Apply),
+            2 => Just(Op::Flush),
         ]
     }
 
@@ -1140,16 +1140,7 @@ mod tests {
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let mut staged = Staged::default();
             for op in ops {
-                match op {
-                    RevOp::Put(r, v) => staged.put(rk(r), vec![0, v]),
-                    RevOp::Del(r) => staged.del(rk(r)),
-                    RevOp::Other(hi, v) => {
-                        let k = if hi { vec![REV_PREFIX + 1, v] } else { vec![META_PREFIX, v] };
-                        staged.put(k, vec![v]);
-                    }
-                    RevOp::Apply => staged.apply(&b, &mut model),
-                    RevOp::Flush => b.shared.flush_pending().unwrap(),
-                }
+                staged.run(op, &b, &mut model);
                 for r in 0u8..42 {
                     prop_assert_eq!(b.get(&rk(r)).unwrap(), model.get(&rk(r)).cloned());
                 }
@@ -1181,12 +1172,7 @@ mod tests {
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let mut staged = Staged::default();
             for op in ops {
-                match op {
-                    Op::Put(k, v) => staged.put(vec![k], vec![v]),
-                    Op::Del(k) => staged.del(vec![k]),
-                    Op::Apply => staged.apply(&b, &mut model),
-                    Op::Flush => b.shared.flush_pending().unwrap(),
-                }
+                staged.run(op, &b, &mut model);
                 for k in 0u8..24 {
                     prop_assert_eq!(b.get(&[k]).unwrap(), model.get(&vec![k]).cloned());
                 }

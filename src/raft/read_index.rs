@@ -30,7 +30,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 
 use super::network::{ForwardError, PeerError, Peers, ReadIndexResult};
-use super::types::Raft;
+use super::types::{known_leader, Raft};
 
 /// A follower's answer: the leader's, or why it could not be asked.
 pub type RemoteReadIndexResult = Result<ReadIndexResult, PeerError>;
@@ -173,12 +173,7 @@ impl Inner {
         let target = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            m.current_leader.filter(|l| *l != m.id).and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| (l, n.clone()))
-            })
+            known_leader(&m).filter(|(l, _)| *l != m.id)
         };
         let Some((leader, node)) = target else {
             return Ok(Err(ForwardError::NotLeader(None)));
