@@ -9,8 +9,10 @@
 //! writes queued here while earlier calls are in flight leave together, as
 //! one [`Request::Batch`]. The leader proposes that batch as it would any
 //! request (it may join a larger batch there) and answers with a
-//! [`Response::Batch`], which is split back among the callers. A lone
-//! client still gets a call of one at once, so this adds no latency.
+//! [`Response::Batch`], which is split back among the callers. A write
+//! that finds nothing queued and a call slot free makes its call of one
+//! from its own task, as the proposer's lone writes do: no hand-off to the
+//! batching task and to the task it would spawn.
 //!
 //! ```text
 //! follower                                   leader
@@ -23,6 +25,7 @@
 //! (`Context::propose`), and a failure of the call (or an answer for the
 //! whole batch, such as `NotLeader`) is every member's of the batch.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,14 +52,27 @@ struct Queued {
 /// The follower's queue of writes for the leader.
 #[derive(Clone)]
 pub struct Forwarder {
+    peers: Peers,
     tx: mpsc::UnboundedSender<Queued>,
+    /// Writes sent to the batching task and not yet taken by it.
+    queued: Arc<AtomicUsize>,
+    /// Calls in flight, batched or not (the batching task holds one while
+    /// it waits for its next batch's first write).
+    permits: Arc<Semaphore>,
 }
 
 impl Forwarder {
     pub fn spawn(peers: Peers) -> Forwarder {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(peers, rx));
-        Forwarder { tx }
+        let queued = Arc::new(AtomicUsize::new(0));
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        tokio::spawn(run(peers.clone(), rx, queued.clone(), permits.clone()));
+        Forwarder {
+            peers,
+            tx,
+            queued,
+            permits,
+        }
     }
 
     /// Forwards `req` to `leader` and returns its answer, as
@@ -68,6 +84,16 @@ impl Forwarder {
         req: Request,
         timeout: Duration,
     ) -> Result<ProposeResult, PeerError> {
+        // Nothing waits to be batched and a slot is free: this call would
+        // carry this write alone anyway.
+        if self.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(_permit) = self.permits.try_acquire() {
+                let call = self.peers.propose(leader, &node, &req, timeout);
+                return tokio::time::timeout(timeout, call)
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out(leader)));
+            }
+        }
         let (reply, rx) = oneshot::channel();
         let queued = Queued {
             leader,
@@ -76,22 +102,32 @@ impl Forwarder {
             deadline: Instant::now() + timeout,
             reply,
         };
+        self.queued.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(queued).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             return Ok(Err(ForwardError::Stopped));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(answer) => answer.unwrap_or(Ok(Err(ForwardError::Stopped))),
             // The batch's call outlives this caller's deadline.
-            Err(_) => Err(PeerError::Rpc(
-                leader,
-                tonic::Status::deadline_exceeded("forwarded write timed out"),
-            )),
+            Err(_) => Err(timed_out(leader)),
         }
     }
 }
 
-async fn run(peers: Peers, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+fn timed_out(leader: MemberId) -> PeerError {
+    PeerError::Rpc(
+        leader,
+        tonic::Status::deadline_exceeded("forwarded write timed out"),
+    )
+}
+
+async fn run(
+    peers: Peers,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    queued: Arc<AtomicUsize>,
+    permits: Arc<Semaphore>,
+) {
     // A write for another leader than the batch's waits for the next one.
     let mut held: Option<Queued> = None;
     loop {
@@ -101,7 +137,10 @@ async fn run(peers: Peers, mut rx: mpsc::UnboundedReceiver<Queued>) {
         let first = match held.take() {
             Some(q) => q,
             None => match rx.recv().await {
-                Some(q) => q,
+                Some(q) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    q
+                }
                 None => return,
             },
         };
@@ -110,10 +149,12 @@ async fn run(peers: Peers, mut rx: mpsc::UnboundedReceiver<Queued>) {
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(next) if next.leader == batch[0].leader => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     bytes += next.req.encoded_len();
                     batch.push(next);
                 }
                 Ok(other) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     held = Some(other);
                     break;
                 }
