@@ -2,6 +2,7 @@
 //! docs in `mod.rs`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -209,6 +210,8 @@ struct Shared {
     state: Mutex<State>,
     store: Store,
     publish: Mutex<std_mpsc::Sender<Publish>>,
+    /// Messages sent to the dispatcher thread and not yet taken by it.
+    queued: AtomicUsize,
     wake_catchup: Mutex<std_mpsc::Sender<()>>,
 }
 
@@ -392,6 +395,7 @@ impl Hub {
             }),
             store,
             publish: Mutex::new(publish_tx),
+            queued: AtomicUsize::new(0),
             wake_catchup: Mutex::new(wake_tx),
         });
         let weak = Arc::downgrade(&shared);
@@ -427,26 +431,42 @@ impl Hub {
     /// Called by apply after its batch is in sled, in revision order.
     /// Never blocks on watchers.
     pub fn publish(&self, changes: Vec<Change>) {
-        if changes.is_empty() {
+        let Some(last) = changes.iter().map(|c| c.revision.main).max() else {
             return;
+        };
+        {
+            // No watcher to offer them to and nothing earlier queued: the
+            // revisions are dispatched here, without waking the dispatcher
+            // thread (a wake-up and a context switch per apply on a member
+            // nobody watches). Applies publish one at a time, so nothing
+            // is queued between the check and the update; a watcher that
+            // arrives after them sees them in the store.
+            let mut st = self.lock();
+            if st.watchers.is_empty() && self.shared.queued.load(Ordering::Acquire) == 0 {
+                st.dispatched = st.dispatched.max(last);
+                st.check_progress_waiting();
+                return;
+            }
         }
-        let _ = self
-            .shared
-            .publish
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Publish::Changes(changes));
+        self.send(Publish::Changes(changes));
     }
 
     /// Called after a snapshot install moved the store to `rev`: every
     /// watcher catches up from the store again.
     pub fn restored(&self, rev: i64) {
-        let _ = self
+        self.send(Publish::Restored(rev));
+    }
+
+    fn send(&self, p: Publish) {
+        let tx = self
             .shared
             .publish
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Publish::Restored(rev));
+            .unwrap_or_else(|e| e.into_inner());
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if tx.send(p).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// The revision every synced watcher has been offered.
@@ -600,6 +620,7 @@ fn dispatch_loop(shared: Weak<Shared>, rx: std_mpsc::Receiver<Publish>) {
             let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             // Take whatever else is queued under the same lock.
             for p in std::iter::once(first).chain(rx.try_iter()) {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
                 match p {
                     Publish::Changes(changes) => {
                         for (rev, evs) in group_by_revision(changes) {

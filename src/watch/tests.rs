@@ -478,3 +478,36 @@ fn slow_consumer_never_blocks_apply_and_loses_nothing() {
     assert_eq!(h.watchers[0].got.len(), 2000);
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+/// With nobody watching, a publish is dispatched at once on the applying
+/// thread (no wake-up of the dispatcher); watchers that come later, from a
+/// past revision or from now, still get exactly the model's events.
+#[test]
+fn unwatched_revisions_dispatch_at_once_and_stay_watchable() {
+    let (_dir, mut h) = harness(4);
+    for i in 0..5 {
+        h.apply(|a| {
+            a.put(&PutRequest {
+                key: KEYS[i % KEYS.len()].into(),
+                value: vec![i as u8],
+                ..Default::default()
+            })
+            .unwrap();
+        });
+        assert_eq!(h.hub.dispatched(), h.store.current_revision());
+    }
+    let watch = |stream, start| Step::Watch {
+        stream,
+        key: 0,
+        end: 2,
+        start,
+        no_put: false,
+        no_delete: false,
+        prev_kv: true,
+    };
+    let mut steps = vec![watch(0, -3), watch(1, 0)];
+    steps.extend((0..5).map(|i| Step::Put(i % KEYS.len(), 10 + i as u8)));
+    h.run(steps);
+    assert_eq!(h.watchers[0].got.len(), 3 + 5);
+    assert_eq!(h.watchers[1].got.len(), 5);
+}
