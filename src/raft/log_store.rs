@@ -8,7 +8,8 @@
 //! - `append`: entries are readable on return; `LogFlushed` fires after the
 //!   group fsync that covers them.
 //! - `save_vote`: returns after the vote is fsynced.
-//! - `save_committed`: rides along with the next fsync.
+//! - `save_committed`: written with the WAL's next batch (or alone within
+//!   `wal::COMMITTED_DELAY`), durable with the next fsync.
 //! - `truncate` / `purge`: return once durable.
 
 // openraft's trait fixes the error type (`StorageError`, ~200 bytes); the

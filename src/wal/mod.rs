@@ -34,8 +34,11 @@
 //! - Appends are queued to one writer thread that owns the files. It drains
 //!   everything queued, writes it, issues **one** `fdatasync` for the batch,
 //!   and only then completes every waiter (and openraft's `LogFlushed`).
-//! - `save_vote` waits for that fsync; `save_committed` rides along with the
-//!   next one.
+//! - `save_vote` waits for that fsync. `save_committed` does not wake a
+//!   busy writer: the newest committed record is written with the writer's
+//!   next batch, or [`COMMITTED_DELAY`] after it was saved if no batch comes
+//!   (without an fsync: it is durable with the next one), or at close. Only
+//!   a writer that expects nothing (idle before the commit) is woken for it.
 //! - Segments are preallocated (`segment::create`): an append writes at the
 //!   end of the records, inside the file, so its `fdatasync` need not write
 //!   the inode too. Only the newest segment has a zero tail; recovery reads
@@ -81,9 +84,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use record::Record;
 use segment::SegmentId;
+
+/// Longest a committed record waits for a batch to ride with before the
+/// writer writes it alone. Of the order of an fsync under load, which the
+/// record used to queue behind.
+pub const COMMITTED_DELAY: Duration = Duration::from_millis(2);
 
 /// Errors from the WAL. `Corrupt` is the one an operator sees when the
 /// server refuses to start.
@@ -156,6 +165,11 @@ struct Shared {
     next_generation: u64,
     vote: Option<Vec<u8>>,
     committed: Option<Vec<u8>>,
+    /// `committed` changed since the writer last wrote it.
+    committed_unwritten: bool,
+    /// The writer is blocked until the next command, with no deadline:
+    /// `save_committed` must wake it.
+    writer_idle: bool,
     purged: Option<(u64, Vec<u8>)>,
     /// Set when the writer hit an I/O error; all later writes fail.
     failed: Option<String>,
@@ -167,7 +181,8 @@ enum Cmd {
         done: Completion,
     },
     Vote(Vec<u8>, Completion),
-    Committed(Vec<u8>),
+    /// Nothing to do but write the committed record (see `save_committed`).
+    Wake,
     Truncate(u64, Completion),
     Purge(u64, Vec<u8>, Completion),
 }
@@ -290,6 +305,8 @@ impl Wal {
             next_generation: 1,
             vote: rec.vote.clone(),
             committed: rec.committed.clone(),
+            committed_unwritten: false,
+            writer_idle: false,
             purged: rec.purged.clone(),
             failed: None,
         }));
@@ -413,11 +430,23 @@ impl Wal {
         wait(rx).await
     }
 
-    /// Records the committed log id; durable with the next fsync.
+    /// Records the committed log id: written within [`COMMITTED_DELAY`]
+    /// (with the next append when one comes by then), durable with the next
+    /// fsync. Waking the writer for every commit was a wake-up and a context
+    /// switch per apply on every member; a writer that just wrote an append
+    /// is waiting for its commit anyway.
     pub fn save_committed(&self, committed: Vec<u8>) -> Result<(), WalError> {
         let mut sh = self.lock();
-        sh.committed = Some(committed.clone());
-        self.send(&sh, Cmd::Committed(committed))
+        if let Some(f) = &sh.failed {
+            return Err(WalError::Failed(f.clone()));
+        }
+        sh.committed = Some(committed);
+        sh.committed_unwritten = true;
+        if sh.writer_idle {
+            sh.writer_idle = false;
+            self.send(&sh, Cmd::Wake)?;
+        }
+        Ok(())
     }
 
     /// Deletes entries with index >= `index`; returns once that is durable.
@@ -571,11 +600,40 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Cmd>) {
-        while let Ok(first) = rx.recv() {
+        // After a batch of appends their commit is on its way: the next
+        // command is awaited at most COMMITTED_DELAY, so that the committed
+        // record needs no wake-up of its own (it rides with the next batch,
+        // or is written when the wait runs out).
+        let mut expect_commit = false;
+        loop {
+            let first = if self.park(expect_commit) {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(COMMITTED_DELAY) {
+                    Ok(c) => c,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        expect_commit = false;
+                        // A lone committed record: written, not fsynced
+                        // (durable with the next fsync; losing it in a
+                        // crash only means learning the commit again).
+                        self.take_committed();
+                        if let Err(e) = self.flush() {
+                            self.fail(&e);
+                            return fail_queued(&rx);
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             let mut batch = vec![first];
             while let Ok(c) = rx.try_recv() {
                 batch.push(c);
             }
+            expect_commit = batch.iter().any(|c| matches!(c, Cmd::Append { .. }));
             let mut waiters: Vec<Completion> = Vec::new();
             let mut result: Result<(), WalError> = Ok(());
             for cmd in batch {
@@ -586,10 +644,10 @@ impl Writer {
                 }
             }
             if result.is_ok() {
+                self.take_committed();
                 // Only a batch someone waits on (appends, votes, truncates,
-                // purges) pays for an fsync. A lone committed-index record
-                // is written and rides along with the next fsync: losing it
-                // in a crash only means re-learning the commit from peers.
+                // purges) pays for an fsync; a wake-up for the committed
+                // record alone does not.
                 result = self.flush().and_then(|_| {
                     if waiters.is_empty() {
                         Ok(())
@@ -599,9 +657,7 @@ impl Writer {
                 });
             }
             if let Err(e) = &result {
-                tracing::error!(error = %e, "wal writer failed; the log refuses further writes");
-                let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-                sh.failed = Some(e.to_string());
+                self.fail(e);
             }
             let mut first_err = result.err();
             for w in waiters {
@@ -612,16 +668,45 @@ impl Writer {
                 }
             }
             if self.failed() {
-                // Fail everything still queued and stop.
-                while let Ok(c) = rx.recv() {
-                    if let Some(w) = c.into_completion() {
-                        w(Err(WalError::Failed(
-                            "wal writer stopped after an I/O error".into(),
-                        )));
-                    }
-                }
+                return fail_queued(&rx);
+            }
+        }
+        // Closing: the newest committed record.
+        self.take_committed();
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "writing the committed record at close failed");
+        }
+    }
+
+    /// Whether to block for the next command without a deadline: not while
+    /// a committed record waits to be written or a commit is expected. When
+    /// it blocks, `save_committed` wakes it (`writer_idle`).
+    fn park(&self, expect_commit: bool) -> bool {
+        let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        sh.writer_idle = !expect_commit && !sh.committed_unwritten;
+        sh.writer_idle
+    }
+
+    fn fail(&self, e: &WalError) {
+        tracing::error!(error = %e, "wal writer failed; the log refuses further writes");
+        let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        sh.failed = Some(e.to_string());
+    }
+
+    /// Encodes the committed record `save_committed` left, if any, into the
+    /// buffer (after this batch's records: the last one read wins).
+    fn take_committed(&mut self) {
+        let c = {
+            let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if !sh.committed_unwritten {
                 return;
             }
+            sh.committed_unwritten = false;
+            sh.committed.clone()
+        };
+        if let Some(c) = c {
+            Record::Committed(c.clone()).encode_into(&mut self.buf);
+            self.committed = Some(c);
         }
     }
 
@@ -665,14 +750,11 @@ impl Writer {
                     self.written.push((index, generation, offset, len));
                 }
             }
+            Cmd::Wake => {}
             Cmd::Vote(v, done) => {
                 waiters.push(done);
                 Record::Vote(v.clone()).encode_into(&mut self.buf);
                 self.vote = Some(v);
-            }
-            Cmd::Committed(c) => {
-                Record::Committed(c.clone()).encode_into(&mut self.buf);
-                self.committed = Some(c);
             }
             Cmd::Truncate(index, done) => {
                 waiters.push(done);
@@ -858,6 +940,18 @@ impl Writer {
     }
 }
 
+/// After a write failed: fails everything still queued, until the channel
+/// closes.
+fn fail_queued(rx: &mpsc::Receiver<Cmd>) {
+    while let Ok(c) = rx.recv() {
+        if let Some(w) = c.into_completion() {
+            w(Err(WalError::Failed(
+                "wal writer stopped after an I/O error".into(),
+            )));
+        }
+    }
+}
+
 impl Cmd {
     fn into_completion(self) -> Option<Completion> {
         match self {
@@ -865,7 +959,7 @@ impl Cmd {
             | Cmd::Vote(_, done)
             | Cmd::Truncate(_, done)
             | Cmd::Purge(_, _, done) => Some(done),
-            Cmd::Committed(_) => None,
+            Cmd::Wake => None,
         }
     }
 }
@@ -1118,6 +1212,72 @@ mod tests {
             all(&w),
             (41..=50).map(|i| (i, data(i, 0))).collect::<Vec<_>>()
         );
+    }
+
+    /// The committed records written to a segment file so far, in order.
+    fn committed_records(path: &Path) -> Vec<Vec<u8>> {
+        let buf = fs::read(path).unwrap();
+        let mut out = Vec::new();
+        let mut off = 0;
+        while let Ok((rec, n)) = record::decode(&buf[off..]) {
+            if let Record::Committed(c) = rec {
+                out.push(c);
+            }
+            off += n;
+        }
+        out
+    }
+
+    /// `save_committed` wakes no busy writer: the record rides with the next
+    /// append (under its one fsync), or is written alone and unsynced once
+    /// `COMMITTED_DELAY` has passed; an idle writer is woken for it; a close
+    /// writes the newest one.
+    #[test]
+    fn committed_rides_with_an_append_or_is_written_after_a_delay() {
+        let written = |seg: &Path, want: &[u8]| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while committed_records(seg).last().map(Vec::as_slice) != Some(want) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{want:?} never written"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let d = tempfile::tempdir().unwrap();
+        {
+            let w = open(d.path(), 1 << 20).unwrap();
+            for i in 1..=3 {
+                append_wait(&w, vec![(i, data(i, 0))]);
+            }
+            let seg = segments(d.path()).pop().unwrap();
+            let syncs = w.sync_count();
+            w.save_committed(b"c-2".to_vec()).unwrap();
+            append_wait(&w, vec![(4, data(4, 0))]);
+            assert_eq!(committed_records(&seg).last(), Some(&b"c-2".to_vec()));
+            assert_eq!(
+                w.sync_count(),
+                syncs + 1,
+                "one fsync for the append and the record"
+            );
+
+            w.save_committed(b"c-3".to_vec()).unwrap();
+            assert_eq!(w.committed(), Some(b"c-3".to_vec()), "readable at once");
+            written(&seg, b"c-3");
+            // The writer now waits with no deadline: the next one wakes it.
+            std::thread::sleep(COMMITTED_DELAY * 5);
+            w.save_committed(b"c-4".to_vec()).unwrap();
+            written(&seg, b"c-4");
+            assert_eq!(
+                w.sync_count(),
+                syncs + 1,
+                "a lone committed record is not fsynced"
+            );
+            w.save_committed(b"c-5".to_vec()).unwrap();
+        }
+        let w = open(d.path(), 1 << 20).unwrap();
+        assert_eq!(w.committed(), Some(b"c-5".to_vec()));
+        assert_eq!(all(&w).len(), 4);
     }
 
     #[test]
