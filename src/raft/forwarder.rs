@@ -25,12 +25,11 @@
 //! (`Context::propose`), and a failure of the call (or an answer for the
 //! whole batch, such as `NotLeader`) is every member's of the batch.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::oneshot;
 
+use super::gate::{gate, Gate, Queue};
 use super::network::{PeerError, Peers, ProposeResult};
 use super::types::{Member, MemberId, Request, Response};
 use crate::raft::network::ForwardError;
@@ -53,26 +52,15 @@ struct Queued {
 #[derive(Clone)]
 pub struct Forwarder {
     peers: Peers,
-    tx: mpsc::UnboundedSender<Queued>,
-    /// Writes sent to the batching task and not yet taken by it.
-    queued: Arc<AtomicUsize>,
-    /// Calls in flight, batched or not (the batching task holds one while
-    /// it waits for its next batch's first write).
-    permits: Arc<Semaphore>,
+    /// `IN_FLIGHT` calls at once (see [`Gate`]).
+    gate: Gate<Queued>,
 }
 
 impl Forwarder {
     pub fn spawn(peers: Peers) -> Forwarder {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        tokio::spawn(run(peers.clone(), rx, queued.clone(), permits.clone()));
-        Forwarder {
-            peers,
-            tx,
-            queued,
-            permits,
-        }
+        let (gate, queue) = gate(IN_FLIGHT);
+        tokio::spawn(run(peers.clone(), queue));
+        Forwarder { peers, gate }
     }
 
     /// Forwards `req` to `leader` and returns its answer, as
@@ -84,15 +72,11 @@ impl Forwarder {
         req: Request,
         timeout: Duration,
     ) -> Result<ProposeResult, PeerError> {
-        // Nothing waits to be batched and a slot is free: this call would
-        // carry this write alone anyway.
-        if self.queued.load(Ordering::Acquire) == 0 {
-            if let Ok(_permit) = self.permits.try_acquire() {
-                let call = self.peers.propose(leader, &node, &req, timeout);
-                return tokio::time::timeout(timeout, call)
-                    .await
-                    .unwrap_or_else(|_| Err(timed_out(leader)));
-            }
+        if let Some(_slot) = self.gate.alone() {
+            let call = self.peers.propose(leader, &node, &req, timeout);
+            return tokio::time::timeout(timeout, call)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(leader)));
         }
         let (reply, rx) = oneshot::channel();
         let queued = Queued {
@@ -102,9 +86,7 @@ impl Forwarder {
             deadline: Instant::now() + timeout,
             reply,
         };
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(queued).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        if self.gate.queue(queued).is_err() {
             return Ok(Err(ForwardError::Stopped));
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -122,49 +104,39 @@ fn timed_out(leader: MemberId) -> PeerError {
     )
 }
 
-async fn run(
-    peers: Peers,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
-    queued: Arc<AtomicUsize>,
-    permits: Arc<Semaphore>,
-) {
+async fn run(peers: Peers, mut queue: Queue<Queued>) {
     // A write for another leader than the batch's waits for the next one.
     let mut held: Option<Queued> = None;
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let Some(slot) = queue.slot().await else {
             return;
         };
         let first = match held.take() {
             Some(q) => q,
-            None => match rx.recv().await {
-                Some(q) => {
-                    queued.fetch_sub(1, Ordering::AcqRel);
-                    q
-                }
+            None => match queue.recv().await {
+                Some(q) => q,
                 None => return,
             },
         };
         let mut bytes = first.req.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(next) if next.leader == batch[0].leader => {
-                    queued.fetch_sub(1, Ordering::AcqRel);
+            match queue.try_recv() {
+                Some(next) if next.leader == batch[0].leader => {
                     bytes += next.req.encoded_len();
                     batch.push(next);
                 }
-                Ok(other) => {
-                    queued.fetch_sub(1, Ordering::AcqRel);
+                Some(other) => {
                     held = Some(other);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         let peers = peers.clone();
         tokio::spawn(async move {
             call(&peers, batch).await;
-            drop(permit);
+            drop(slot);
         });
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod check_quorum;
 pub mod forwarder;
+mod gate;
 pub mod log_store;
 pub mod network;
 pub mod proposer;

@@ -16,11 +16,9 @@
 //! client ─┘
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use tokio::sync::oneshot;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
-
+use super::gate::{gate, Gate, Queue};
 use super::network::ForwardError;
 use super::types::{LogId, Raft, Request, Response};
 use openraft::error::RaftError;
@@ -39,78 +37,51 @@ type Reply = oneshot::Sender<Result<(Response, LogId), ForwardError>>;
 #[derive(Clone)]
 pub struct Proposer {
     raft: Raft,
-    tx: mpsc::UnboundedSender<(Request, Reply)>,
-    /// Writes sent to the batching task and not yet taken by it.
-    queued: Arc<AtomicUsize>,
-    /// Entries in flight, batched or not (the batching task holds one
-    /// while it waits for its next batch's first write).
-    permits: Arc<Semaphore>,
+    /// `IN_FLIGHT` entries at once (see [`Gate`]).
+    gate: Gate<(Request, Reply)>,
 }
 
 impl Proposer {
     pub fn spawn(raft: Raft) -> Proposer {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        tokio::spawn(run(raft.clone(), rx, queued.clone(), permits.clone()));
-        Proposer {
-            raft,
-            tx,
-            queued,
-            permits,
-        }
+        let (gate, queue) = gate(IN_FLIGHT);
+        tokio::spawn(run(raft.clone(), queue));
+        Proposer { raft, gate }
     }
 
     /// Proposes `req` on this member (which should be the leader) and waits
     /// until it is applied here. `LeaderChanged` means the outcome is
     /// unknown: leadership moved before or while the entry committed.
     pub async fn propose(&self, req: Request) -> Result<(Response, LogId), ForwardError> {
-        // Nothing waits to be batched and a slot is free: this write would
-        // be a batch of one anyway. (A semaphore with waiters, such as the
-        // batching task, hands no permit to `try_acquire`.)
-        if self.queued.load(Ordering::Acquire) == 0 {
-            if let Ok(_permit) = self.permits.try_acquire() {
-                return write(&self.raft, req).await;
-            }
+        if let Some(_slot) = self.gate.alone() {
+            return write(&self.raft, req).await;
         }
         let (reply, rx) = oneshot::channel();
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send((req, reply)).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        if self.gate.queue((req, reply)).is_err() {
             return Err(ForwardError::Stopped);
         }
         rx.await.unwrap_or(Err(ForwardError::Stopped))
     }
 }
 
-async fn run(
-    raft: Raft,
-    mut rx: mpsc::UnboundedReceiver<(Request, Reply)>,
-    queued: Arc<AtomicUsize>,
-    permits: Arc<Semaphore>,
-) {
+async fn run(raft: Raft, mut queue: Queue<(Request, Reply)>) {
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let Some(slot) = queue.slot().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
-        queued.fetch_sub(1, Ordering::AcqRel);
+        let Some(first) = queue.recv().await else {
+            return;
+        };
         let mut bytes = first.0.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(next) => {
-                    queued.fetch_sub(1, Ordering::AcqRel);
-                    bytes += next.0.encoded_len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
+            let Some(next) = queue.try_recv() else { break };
+            bytes += next.0.encoded_len();
+            batch.push(next);
         }
         let raft = raft.clone();
         tokio::spawn(async move {
             commit(&raft, batch).await;
-            drop(permit);
+            drop(slot);
         });
     }
 }
