@@ -252,18 +252,22 @@ impl Context {
         known_leader(&m).ok_or(Error::NoLeader)
     }
 
-    /// Waits until the local state machine has applied `index`.
+    /// Waits until the local state machine has applied `index`. Checks the
+    /// metrics in place: openraft's `Wait` clones all of RaftMetrics for
+    /// every waiter at every change of any metric, and every linearizable
+    /// read and every forwarded write waits here.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), Error> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(index), "read/write barrier")
+        let mut metrics = self.raft.metrics();
+        let applied =
+            metrics.wait_for(|m| m.last_applied.as_ref().is_some_and(|l| l.index >= index));
+        let outcome = tokio::time::timeout_at(deadline.into(), applied)
             .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                openraft::metrics::WaitError::Timeout(..) => Error::Timeout,
-                openraft::metrics::WaitError::ShuttingDown => Error::Stopped,
-            })
+            .map(|r| r.map(|_| ()));
+        match outcome {
+            Err(_) => Err(Error::Timeout),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 }
 
