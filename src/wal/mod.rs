@@ -36,9 +36,10 @@
 //!   and only then completes every waiter (and openraft's `LogFlushed`).
 //! - `save_vote` waits for that fsync. `save_committed` does not wake a
 //!   busy writer: the newest committed record is written with the writer's
-//!   next batch, or [`COMMITTED_DELAY`] after it was saved if no batch comes
-//!   (without an fsync: it is durable with the next one), or at close. Only
-//!   a writer that expects nothing (idle before the commit) is woken for it.
+//!   next batch, or alone at most [`COMMITTED_DELAY`] after it was saved if
+//!   no batch comes (without an fsync: it is durable with the next one), or
+//!   at close. Only a writer that expects nothing (idle before the commit)
+//!   is woken for it.
 //! - Segments are preallocated (`segment::create`): an append writes at the
 //!   end of the records, inside the file, so its `fdatasync` need not write
 //!   the inode too. Only the newest segment has a zero tail; recovery reads
