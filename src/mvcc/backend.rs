@@ -1027,6 +1027,36 @@ mod tests {
         }
     }
 
+    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// Runs `ops` on a fresh backend and on a model, and `check`s the two
+    /// after every op.
+    fn run_against_model(
+        ops: Vec<Op>,
+        check: impl Fn(&Backend, &Model) -> Result<(), TestCaseError>,
+    ) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        let mut model = Model::new();
+        let mut staged = Staged::default();
+        for op in ops {
+            staged.run(op, &b, &mut model);
+            check(&b, &model)?;
+        }
+        Ok(())
+    }
+
+    /// The model's pairs in `[start, end)` (none when `start >= end`).
+    fn model_range(model: &Model, start: &[u8], end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        if start >= end {
+            return Vec::new();
+        }
+        model
+            .range(start.to_vec()..end.to_vec())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     fn rk(rev: u8) -> Vec<u8> {
         rev_key(Revision::new(rev as i64, 0)).to_vec()
     }
@@ -1135,28 +1165,19 @@ mod tests {
         #[test]
         fn revision_blocks_read_like_a_model(ops in proptest::collection::vec(rev_op(), 1..120),
                                              lo in 0u8..42, hi in 0u8..42, wide in any::<bool>()) {
-            let dir = tempfile::tempdir().unwrap();
-            let b = Backend::open(dir.path()).unwrap();
-            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-            let mut staged = Staged::default();
-            for op in ops {
-                staged.run(op, &b, &mut model);
+            let (start, end) = if wide {
+                (vec![META_PREFIX], vec![REV_PREFIX + 2])
+            } else {
+                (rk(lo), rk(hi))
+            };
+            run_against_model(ops, |b, model| {
                 for r in 0u8..42 {
                     prop_assert_eq!(b.get(&rk(r)).unwrap(), model.get(&rk(r)).cloned());
                 }
-                let (start, end) = if wide {
-                    (vec![META_PREFIX], vec![REV_PREFIX + 2])
-                } else {
-                    (rk(lo), rk(hi))
-                };
                 let got: Vec<_> = b.scan(&start, &end).collect::<Result<_, _>>().unwrap();
-                let want: Vec<_> = if start < end {
-                    model.range(start..end).map(|(k, v)| (k.clone(), v.clone())).collect()
-                } else {
-                    Vec::new()
-                };
-                prop_assert_eq!(got, want);
-            }
+                prop_assert_eq!(got, model_range(model, &start, &end));
+                Ok(())
+            })?;
         }
     }
 
@@ -1167,22 +1188,14 @@ mod tests {
         #[test]
         fn reads_equal_a_model(ops in proptest::collection::vec(op(), 1..80),
                                lo in 0u8..24, hi in 0u8..25) {
-            let dir = tempfile::tempdir().unwrap();
-            let b = Backend::open(dir.path()).unwrap();
-            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-            let mut staged = Staged::default();
-            for op in ops {
-                staged.run(op, &b, &mut model);
+            run_against_model(ops, |b, model| {
                 for k in 0u8..24 {
                     prop_assert_eq!(b.get(&[k]).unwrap(), model.get(&vec![k]).cloned());
                 }
                 let got: Vec<_> = b.scan(&[lo], &[hi]).collect::<Result<_, _>>().unwrap();
-                let want: Vec<_> = model
-                    .range(vec![lo]..vec![hi.max(lo)])
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                prop_assert_eq!(got, want);
-            }
+                prop_assert_eq!(got, model_range(model, &[lo], &[hi]));
+                Ok(())
+            })?;
         }
     }
 }
