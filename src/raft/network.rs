@@ -1,18 +1,16 @@
 //! The peer transport, client side: openraft's RPCs and the followers'
 //! forwarding calls, as gRPC on the members' peer URLs (`proto/peer.proto`).
 //!
-//! One lazily connected tonic channel per peer, shared by Raft replication
-//! and by request forwarding; tonic reconnects with backoff when a peer
-//! comes back. Every call carries a deadline. A peer that cannot be reached
+//! One lazily connected channel per peer (`channel::Direct`), shared by
+//! Raft replication and by request forwarding; it connects again on the
+//! next call when a peer comes back. Every call carries a deadline. A peer that cannot be reached
 //! is reported `Unreachable`, which openraft treats as a partition: it backs
 //! off and retries.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -23,11 +21,9 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::types::{LogId, Member, MemberId, Request, Response, TypeConfig};
-use crate::coalesce::Coalesced;
+use crate::channel::Direct;
 use crate::proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use crate::proto::oxcdpeerpb::peer_client::PeerClient;
 use crate::proto::oxcdpeerpb::PeerMessage;
@@ -65,7 +61,7 @@ struct PeersInner {
     cluster_id: u64,
     me: MemberId,
     connect_timeout: Duration,
-    channels: RwLock<HashMap<MemberId, Channel>>,
+    channels: RwLock<HashMap<MemberId, Direct>>,
 }
 
 /// A failure to talk to a peer at all (not an answer from it).
@@ -77,51 +73,6 @@ pub enum PeerError {
     Rpc(MemberId, tonic::Status),
     #[error("peer {0:x}: undecodable answer: {1}")]
     Decode(MemberId, String),
-}
-
-impl PeerError {
-    /// True when the request certainly never reached the peer: no
-    /// connection could be made. Anything else (a reset mid-call, a
-    /// timeout) leaves the outcome unknown.
-    pub fn not_delivered(&self) -> bool {
-        match self {
-            PeerError::BadUrl(..) => true,
-            PeerError::Rpc(_, status) => {
-                let mut source: Option<&(dyn std::error::Error + 'static)> =
-                    std::error::Error::source(status);
-                while let Some(e) = source {
-                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                        if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                            return true;
-                        }
-                    }
-                    if e.to_string().contains("tcp connect error") {
-                        return true;
-                    }
-                    source = e.source();
-                }
-                false
-            }
-            PeerError::Decode(..) => false,
-        }
-    }
-}
-
-/// Opens a peer connection as the servers accept theirs (see
-/// `server::accept_nodelay`): Nagle off, writes coalesced until a flush.
-/// Through tonic's own connector, a unary call left as three writes
-/// (HEADERS, DATA, an empty end-of-stream DATA), each one a wake-up and a
-/// read for the peer's connection task.
-async fn connect(uri: Uri) -> io::Result<TokioIo<Coalesced<TcpStream>>> {
-    let host = uri
-        .host()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "peer URL without a host"))?;
-    // An IPv6 literal comes bracketed.
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(Coalesced::new(stream)))
 }
 
 impl Peers {
@@ -140,7 +91,7 @@ impl Peers {
         self.inner.cluster_id
     }
 
-    fn channel(&self, id: MemberId, node: &Member) -> Result<Channel, PeerError> {
+    fn channel(&self, id: MemberId, node: &Member) -> Result<Direct, PeerError> {
         if let Some(c) = self.inner.channels.read().unwrap().get(&id) {
             return Ok(c.clone());
         }
@@ -148,11 +99,12 @@ impl Peers {
             .peer_urls
             .first()
             .ok_or_else(|| PeerError::BadUrl(id, "none".into()))?;
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| PeerError::BadUrl(id, e.to_string()))?
-            .connect_timeout(self.inner.connect_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_with_connector_lazy(tower::service_fn(connect));
+        let channel = Direct::lazy(
+            url,
+            self.inner.connect_timeout,
+            Some(Duration::from_secs(5)),
+        )
+        .map_err(|e| PeerError::BadUrl(id, e.to_string()))?;
         self.inner
             .channels
             .write()
@@ -180,17 +132,24 @@ impl Peers {
             data,
         });
         request.set_timeout(timeout);
-        let answer = match method {
-            Method::AppendEntries => client.append_entries(request).await,
-            Method::Vote => client.vote(request).await,
-            Method::InstallSnapshot => client.install_snapshot(request).await,
-            Method::Propose => client.propose(request).await,
-            Method::ReadIndex => client.read_index(request).await,
-            Method::Ping => client.ping(request).await,
-            Method::LeaseRenew => client.lease_renew(request).await,
-            Method::LeaseTimeToLive => client.lease_time_to_live(request).await,
-        }
-        .map_err(|s| PeerError::Rpc(target, s))?;
+        let call = async {
+            match method {
+                Method::AppendEntries => client.append_entries(request).await,
+                Method::Vote => client.vote(request).await,
+                Method::InstallSnapshot => client.install_snapshot(request).await,
+                Method::Propose => client.propose(request).await,
+                Method::ReadIndex => client.read_index(request).await,
+                Method::Ping => client.ping(request).await,
+                Method::LeaseRenew => client.lease_renew(request).await,
+                Method::LeaseTimeToLive => client.lease_time_to_live(request).await,
+            }
+        };
+        // The channel does not enforce the deadline; an expired one fails
+        // as tonic's own channel failed it (Cancelled, "Timeout expired").
+        let answer = tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::cancelled("Timeout expired")))
+            .map_err(|s| PeerError::Rpc(target, s))?;
         bincode::deserialize(&answer.into_inner().data)
             .map_err(|e| PeerError::Decode(target, e.to_string()))
     }
