@@ -16,9 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use etcd_client::{GetOptions, KvClient, Txn, TxnOp};
+use oxcd::channel::Direct;
+use oxcd::proto::etcdserverpb::kv_client::KvClient;
+use oxcd::proto::etcdserverpb::request_op::Request as Op;
+use oxcd::proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
 
-use crate::{connect_all, conns_clients, make_key, micros, mix, time_seed, Common, Consistency};
+use crate::{
+    connect_direct_all, conns_clients, make_key, micros, mix, time_seed, Common, Consistency,
+};
 use crate::{Lat, Summary};
 
 #[derive(Args, Debug, Clone)]
@@ -99,10 +104,7 @@ pub enum Workload {
         seq: bool,
         space: u64,
     },
-    Range {
-        key: Vec<u8>,
-        opts: GetOptions,
-    },
+    Range(RangeRequest),
     TxnPut {
         key_size: usize,
         value: Vec<u8>,
@@ -115,8 +117,7 @@ pub enum Workload {
         space: u64,
         /// A request is a read when mix(seed ^ i) < read_below.
         read_below: u64,
-        read_key: Vec<u8>,
-        read_opts: GetOptions,
+        read: RangeRequest,
     },
 }
 
@@ -140,20 +141,13 @@ impl Workload {
     }
 
     pub fn range(a: &RangeArgs) -> Workload {
-        let mut opts = GetOptions::new();
-        if a.consistency == Consistency::S {
-            opts = opts.with_serializable();
-        }
-        if let Some(end) = &a.end {
-            opts = opts.with_range(end.as_bytes());
-        }
-        if a.limit > 0 {
-            opts = opts.with_limit(a.limit);
-        }
-        Workload::Range {
+        Workload::Range(RangeRequest {
             key: a.key.as_bytes().to_vec(),
-            opts,
-        }
+            range_end: a.end.as_deref().unwrap_or("").as_bytes().to_vec(),
+            limit: a.limit.max(0),
+            serializable: a.consistency == Consistency::S,
+            ..Default::default()
+        })
     }
 
     pub fn txn_put(a: &TxnPutArgs, total: u64) -> anyhow::Result<Workload> {
@@ -175,32 +169,32 @@ impl Workload {
             "--rw-ratio must be >= 0"
         );
         let p_read = a.rw_ratio / (1.0 + a.rw_ratio);
-        let mut read_opts = match &a.end_key {
-            Some(end) => GetOptions::new().with_range(end.as_bytes()),
-            None => GetOptions::new().with_all_keys(),
+        // ["\0", end-key), or every key ("\0", "\0").
+        let read = RangeRequest {
+            key: vec![0],
+            range_end: a
+                .end_key
+                .as_deref()
+                .map_or(vec![0], |e| e.as_bytes().to_vec()),
+            limit: a.limit.max(0),
+            serializable: a.consistency == Consistency::S,
+            ..Default::default()
         };
-        if a.consistency == Consistency::S {
-            read_opts = read_opts.with_serializable();
-        }
-        if a.limit > 0 {
-            read_opts = read_opts.with_limit(a.limit);
-        }
         Ok(Workload::TxnMixed {
             key_size: a.key_size,
             value: vec![b'x'; a.val_size],
             space: a.key_space_size,
             read_below: (p_read * u64::MAX as f64) as u64,
-            read_key: vec![0],
-            read_opts,
+            read,
         })
     }
 
     async fn issue(
         &self,
-        kv: &mut KvClient,
+        kv: &mut KvClient<Direct>,
         i: u64,
         seed: u64,
-    ) -> Result<Kind, etcd_client::Error> {
+    ) -> Result<Kind, tonic::Status> {
         match self {
             Workload::Put {
                 key_size,
@@ -213,10 +207,10 @@ impl Workload {
                 } else {
                     mix(seed ^ i) % space
                 };
-                kv.put(make_key(*key_size, n), value.clone(), None).await?;
+                kv.put(put(make_key(*key_size, n), value)).await?;
             }
-            Workload::Range { key, opts } => {
-                kv.get(key.clone(), Some(opts.clone())).await?;
+            Workload::Range(r) => {
+                kv.range(r.clone()).await?;
                 return Ok(Kind::Read);
             }
             Workload::TxnPut {
@@ -225,29 +219,27 @@ impl Workload {
                 ops,
                 space,
             } => {
-                let puts: Vec<TxnOp> = (0..*ops)
+                let puts = (0..*ops)
                     .map(|j| {
                         let n = (i * ops + j) % space;
-                        TxnOp::put(make_key(*key_size, n), value.clone(), None)
+                        Op::RequestPut(put(make_key(*key_size, n), value))
                     })
                     .collect();
-                kv.txn(Txn::new().and_then(puts)).await?;
+                kv.txn(txn(puts)).await?;
             }
             Workload::TxnMixed {
                 key_size,
                 value,
                 space,
                 read_below,
-                read_key,
-                read_opts,
+                read,
             } => {
                 if mix(seed ^ i) < *read_below {
-                    let get = TxnOp::get(read_key.clone(), Some(read_opts.clone()));
-                    kv.txn(Txn::new().and_then([get])).await?;
+                    kv.txn(txn(vec![Op::RequestRange(read.clone())])).await?;
                     return Ok(Kind::Read);
                 }
-                let put = TxnOp::put(make_key(*key_size, i % space), value.clone(), None);
-                kv.txn(Txn::new().and_then([put])).await?;
+                let p = put(make_key(*key_size, i % space), value);
+                kv.txn(txn(vec![Op::RequestPut(p)])).await?;
             }
         }
         Ok(Kind::Write)
@@ -263,6 +255,25 @@ impl Workload {
     }
 }
 
+fn put(key: Vec<u8>, value: &[u8]) -> PutRequest {
+    PutRequest {
+        key,
+        value: value.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A txn without compares: its success branch always runs.
+fn txn(ops: Vec<Op>) -> TxnRequest {
+    TxnRequest {
+        success: ops
+            .into_iter()
+            .map(|op| RequestOp { request: Some(op) })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 #[derive(Default)]
 struct ClientResult {
     lat_us: Vec<u32>,
@@ -274,7 +285,7 @@ struct ClientResult {
 }
 
 pub async fn run(c: &Common, workload: Workload) -> anyhow::Result<Summary> {
-    let conns = connect_all(c).await?;
+    let conns = connect_direct_all(c).await?;
     let mixed = matches!(workload, Workload::TxnMixed { .. });
     let workload = Arc::new(workload);
     let next = Arc::new(AtomicU64::new(0));
@@ -282,9 +293,10 @@ pub async fn run(c: &Common, workload: Workload) -> anyhow::Result<Summary> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(c.max_seconds);
     let timed_out = Arc::new(AtomicBool::new(false));
+    let timeout = Duration::from_secs_f64(c.request_timeout);
     let mut tasks = Vec::with_capacity(c.clients);
     for t in 0..c.clients {
-        let mut kv = conns[t % c.conns].kv_client();
+        let mut kv = KvClient::new(conns[t % c.conns].clone());
         let (workload, next, total, timed_out) =
             (workload.clone(), next.clone(), c.total, timed_out.clone());
         tasks.push(tokio::spawn(async move {
@@ -299,7 +311,9 @@ pub async fn run(c: &Common, workload: Workload) -> anyhow::Result<Summary> {
                     break;
                 }
                 let t0 = Instant::now();
-                match workload.issue(&mut kv, i, seed).await {
+                let answer = tokio::time::timeout(timeout, workload.issue(&mut kv, i, seed)).await;
+                match answer.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("timed out")))
+                {
                     Ok(kind) => {
                         let us = micros(t0.elapsed());
                         r.lat_us.push(us);

@@ -1,5 +1,7 @@
 //! Load generator shaped like etcd's `tools/benchmark`, for comparing oxcd
-//! with etcd over the same client stack (`etcd-client`, tonic).
+//! with etcd over the same client code: the KV workloads on our generated
+//! KV client over `oxcd::channel::Direct`, the watch and lease workloads on
+//! `etcd-client` (both tonic).
 //!
 //! ```text
 //! cargo bench --bench load -- put --endpoints http://127.0.0.1:2379 \
@@ -45,6 +47,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use etcd_client::{Client, ConnectOptions, GetOptions};
+use oxcd::channel::Direct;
+use oxcd::proto::etcdserverpb::kv_client::KvClient;
+use oxcd::proto::etcdserverpb::RangeRequest;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -335,6 +340,41 @@ pub async fn connect(endpoint: &str, c: &Common) -> anyhow::Result<Client> {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Like [`connect`], on a channel straight onto one HTTP/2 connection
+/// (`oxcd::channel::Direct`): no tower `Buffer` task between a client task
+/// and the connection, so the generator takes less of the CPU the servers
+/// share with it (benches/README.md). Requests are not timed out by the
+/// channel: the workloads bound them with `--request-timeout`.
+pub async fn connect_direct(endpoint: &str, c: &Common) -> anyhow::Result<Direct> {
+    let channel = Direct::lazy(endpoint, Duration::from_secs_f64(c.dial_timeout), None)
+        .map_err(|e| anyhow::anyhow!("{endpoint}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(c.dial_timeout);
+    let mut kv = KvClient::new(channel.clone());
+    loop {
+        let warmup = RangeRequest {
+            key: b"\0load-warmup".to_vec(),
+            serializable: true,
+            ..Default::default()
+        };
+        match kv.range(warmup).await {
+            Ok(_) => return Ok(channel),
+            Err(e) if Instant::now() >= deadline => {
+                anyhow::bail!("{endpoint}: no answer within {}s: {e}", c.dial_timeout)
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// `--conns` direct channels, spread round-robin over `--endpoints`.
+pub async fn connect_direct_all(c: &Common) -> anyhow::Result<Vec<Direct>> {
+    let mut conns = Vec::with_capacity(c.conns);
+    for i in 0..c.conns {
+        conns.push(connect_direct(&c.endpoints[i % c.endpoints.len()], c).await?);
+    }
+    Ok(conns)
 }
 
 /// `--conns` connections, spread round-robin over `--endpoints`.
