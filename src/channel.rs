@@ -104,20 +104,19 @@ impl Direct {
             return Ok(s);
         }
         let inner = &self.inner;
-        let stream = tokio::time::timeout(
-            inner.connect_timeout,
-            TcpStream::connect((inner.host.as_str(), inner.port)),
-        )
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
-        let mut builder = Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(inner.keep_alive);
-        let (send, conn) = builder
-            .handshake(TokioIo::new(Coalesced::new(stream)))
-            .await?;
+        let connect = async {
+            let stream = TcpStream::connect((inner.host.as_str(), inner.port)).await?;
+            stream.set_nodelay(true)?;
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(inner.keep_alive);
+            let io = TokioIo::new(Coalesced::new(stream));
+            Ok::<_, BoxError>(builder.handshake(io).await?)
+        };
+        let (send, conn) = tokio::time::timeout(inner.connect_timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "client connection closed");

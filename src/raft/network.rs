@@ -3,9 +3,9 @@
 //!
 //! One lazily connected channel per peer (`channel::Direct`), shared by
 //! Raft replication and by request forwarding; it connects again on the
-//! next call when a peer comes back. Every call carries a deadline. A peer that cannot be reached
-//! is reported `Unreachable`, which openraft treats as a partition: it backs
-//! off and retries.
+//! next call when a peer comes back. Every call carries a deadline. A peer
+//! that cannot be reached is reported `Unreachable`, which openraft treats
+//! as a partition: it backs off and retries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

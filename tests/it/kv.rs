@@ -815,7 +815,7 @@ async fn direct_channel_reconnects_after_the_server_restarts() {
     };
     let rev = kv.put(put("before")).await.unwrap().into_inner();
     let rev = rev.header.unwrap().revision;
-    // Clones share the connection; concurrent calls all complete.
+    // Concurrent calls through clones all complete.
     let calls = (0..20).map(|_| {
         let mut kv = KvClient::new(direct.clone());
         async move { kv.range(get("before")).await }
