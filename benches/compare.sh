@@ -448,7 +448,7 @@ def fmt(x, spec):
 notes = []
 if order:
     hdr = ["workload", "etcd ops/s", "oxcd ops/s", "ratio oxcd/etcd",
-           "p99 ms etcd / oxcd", "CPU µs/op etcd / oxcd"]
+           "p99 ms etcd / oxcd", "CPU µs/op etcd / oxcd", "load CPU µs/op etcd / oxcd"]
     if use_perf:
         hdr.append("syncs/op etcd / oxcd")
     hdr.append("RSS MiB etcd / oxcd")
@@ -465,6 +465,8 @@ if order:
                 "ops": med([r["load"]["ops_per_s"] for r in ok]),
                 "p99": med([r["load"]["p99_ms"] for r in ok]),
                 "cpu": med([r["cpu_us"] / max(r["load"]["ok"], 1) for r in ok]),
+                "load_cpu": med([r["load"]["load_cpu_us"] / max(r["load"]["ok"], 1)
+                                 for r in ok if "load_cpu_us" in r["load"]]),
                 "syncs": med([r["syncs"] / max(r["load"]["ok"], 1) for r in ok if r.get("syncs") is not None]),
                 "rss": med([r["rss_kb"] / 1024 for r in ok]),
                 "n": len(ok),
@@ -473,7 +475,8 @@ if order:
         ratio = o["ops"] / e["ops"] if e["ops"] and o["ops"] is not None else None
         row = [title, fmt(e["ops"], ",.0f"), fmt(o["ops"], ",.0f"), fmt(ratio, ".2f"),
                f'{fmt(e["p99"], ".1f")} / {fmt(o["p99"], ".1f")}',
-               f'{fmt(e["cpu"], ".0f")} / {fmt(o["cpu"], ".0f")}']
+               f'{fmt(e["cpu"], ".0f")} / {fmt(o["cpu"], ".0f")}',
+               f'{fmt(e["load_cpu"], ".0f")} / {fmt(o["load_cpu"], ".0f")}']
         if use_perf:
             row.append(f'{fmt(e["syncs"], ".3f")} / {fmt(o["syncs"], ".3f")}')
         row.append(f'{fmt(e["rss"], ".0f")} / {fmt(o["rss"], ".0f")}')
@@ -481,12 +484,14 @@ if order:
     print()
     if members == 1:
         print(f"Medians of {reps} interleaved runs (etcd, oxcd, etcd, oxcd, ...). CPU is the server's "
-              "utime+stime over the run divided by successful requests; RSS is VmRSS after the run"
+              "utime+stime over the run divided by successful requests; load CPU is the load "
+              "generator's own (set-up included), which shares the machine; RSS is VmRSS after the run"
               + ("; syncs are fsync+fdatasync calls (perf) per request." if use_perf else "."))
     else:
         print(f"{members} members per cluster on loopback, the load spread over every member's client URL. "
               f"Medians of {reps} interleaved runs (etcd, oxcd, etcd, oxcd, ...). CPU is the utime+stime "
-              "of all members together over the run divided by successful requests; RSS is the largest "
+              "of all members together over the run divided by successful requests; load CPU is the "
+              "load generator's own (set-up included), which shares the machine; RSS is the largest "
               "member's VmRSS after the run (every member's is in results.jsonl)"
               + ("; syncs are all members' fsync+fdatasync calls (perf) per request." if use_perf else ".")
               + f" Leaders: {leaders}.")

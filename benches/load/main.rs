@@ -386,13 +386,29 @@ pub async fn connect_all(c: &Common) -> anyhow::Result<Vec<Client>> {
     Ok(conns)
 }
 
+/// This process's CPU time (utime + stime of all its threads), in µs;
+/// `None` where /proc cannot tell.
+fn own_cpu_us() -> Option<u64> {
+    // Linux reports these in USER_HZ, 100 per second on every architecture
+    // we run on.
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after "pid (comm) ", comm may hold spaces: state is the
+    // first, utime the 12th, stime the 13th.
+    let mut f = stat.rsplit_once(") ")?.1.split(' ');
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) * 1_000_000 / USER_HZ)
+}
+
 async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         c.conns >= 1 && c.clients >= 1,
         "--conns and --clients must be >= 1"
     );
     anyhow::ensure!(!c.endpoints.is_empty(), "--endpoints is empty");
-    let summary = match cmd {
+    let cpu0 = own_cpu_us();
+    let mut summary = match cmd {
         Cmd::Put(a) => kv::run(&c, kv::Workload::put(&a)?).await?,
         Cmd::Range(a) => kv::run(&c, kv::Workload::range(&a)).await?,
         Cmd::TxnPut(a) => kv::run(&c, kv::Workload::txn_put(&a, c.total)?).await?,
@@ -401,6 +417,18 @@ async fn run(c: Common, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::WatchLatency(a) => watch::run(&c, watch::Plan::latency(&a)?).await?,
         Cmd::LeaseKeepalive => lease::run(&c).await?,
     };
+    // The generator shares the machine with the servers it measures: its
+    // own CPU, set-up included, tells how much of it it took.
+    if let (Some(a), Some(b)) = (cpu0, own_cpu_us()) {
+        summary
+            .extra_json
+            .push(("load_cpu_us".into(), (b - a).to_string()));
+        summary.extra_text.push(format!(
+            "load CPU   {:.1} µs per {} (set-up included)",
+            (b - a) as f64 / summary.ok.max(1) as f64,
+            summary.noun.trim_end_matches('s')
+        ));
+    }
     summary.print(&c);
     Ok(if summary.errors > 0 {
         ExitCode::from(2)
