@@ -42,7 +42,6 @@ pub struct Direct {
 }
 
 struct Inner {
-    scheme: Scheme,
     authority: Authority,
     host: String,
     port: u16,
@@ -77,7 +76,6 @@ impl Direct {
             .to_string();
         Ok(Direct {
             inner: Arc::new(Inner {
-                scheme: Scheme::HTTP,
                 port: authority.port_u16().unwrap_or(80),
                 authority,
                 host,
@@ -132,7 +130,7 @@ impl Direct {
     ) -> Result<Response<hyper::body::Incoming>, BoxError> {
         // tonic's generated clients give only the path.
         let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(self.inner.scheme.clone());
+        parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(self.inner.authority.clone());
         *req.uri_mut() = Uri::from_parts(parts)?;
         let mut send = self.sender().await.map_err(unavailable)?;
