@@ -3,7 +3,7 @@
 //! tonic's `Channel` puts a tower `Buffer` in front of the connection: every
 //! call is queued to a worker task, which hands it to hyper's connection
 //! task, which writes it. [`Direct`] hands the call to the connection task
-//! from the caller's own task, one wake-up fewer per call on each side.
+//! from the caller's own task: one task hand-off fewer per call.
 //! It connects lazily, with Nagle off and writes coalesced until a flush
 //! (as the servers' accepted connections, `coalesce`), and connects again
 //! on the next call once the connection has closed.

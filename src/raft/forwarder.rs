@@ -73,10 +73,8 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<ProposeResult, PeerError> {
         if let Some(_slot) = self.gate.alone() {
-            let call = self.peers.propose(leader, &node, &req, timeout);
-            return tokio::time::timeout(timeout, call)
-                .await
-                .unwrap_or_else(|_| Err(timed_out(leader)));
+            // The peer call is bounded by `timeout` itself (`Peers::call`).
+            return self.peers.propose(leader, &node, &req, timeout).await;
         }
         let (reply, rx) = oneshot::channel();
         let queued = Queued {
