@@ -585,6 +585,36 @@ fn send_signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// Waits (at most 10 s, else panics) until every thread of `pid` is in
+/// the stopped state `T` (`/proc/PID/task/*/stat`).
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_threads_stopped(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} not stopped 10 s after SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        // The state follows the command name, which may hold spaces and
+        // parentheses: it is the first field after the last ')'.
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                Some(rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// One member of a `TestCluster`: a process that can be killed, stopped,
 /// paused and started again on the same data dir and ports.
 pub struct Member {
@@ -762,11 +792,17 @@ impl Member {
         self.start();
     }
 
-    /// SIGSTOP: the process keeps its sockets but answers nothing.
+    /// SIGSTOP: the process keeps its sockets but answers nothing. Returns
+    /// once every thread has stopped: `kill` returns when the signal is
+    /// queued, and the one thread woken to act on it may wait for a CPU
+    /// while the others go on answering peers for milliseconds on a loaded
+    /// machine (the full suite once saw a "paused" member acknowledge a
+    /// write 7 ms after `kill -STOP`).
     pub fn pause(&mut self) {
         if let Some(c) = &self.child {
             send_signal(c.id(), "STOP");
             self.paused = true;
+            wait_stopped(c.id());
         }
     }
 
