@@ -191,7 +191,10 @@ enum Cmd {
 struct Inner {
     shared: Arc<Mutex<Shared>>,
     syncs: Arc<AtomicU64>,
-    tx: Option<mpsc::Sender<Cmd>>,
+    /// Locked before `shared` is unlocked, so commands queue in the order
+    /// of their changes to it, and the writer is woken only after `shared`
+    /// is free (see [`Wal::send`]).
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -199,7 +202,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the channel stops the writer after it drains the queue;
         // joining makes a reopen of the same directory safe.
-        drop(self.tx.take());
+        drop(self.tx.get_mut().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
@@ -335,7 +338,7 @@ impl Wal {
             inner: Arc::new(Inner {
                 shared,
                 syncs,
-                tx: Some(tx),
+                tx: Mutex::new(Some(tx)),
                 writer: Some(handle),
             }),
         })
@@ -345,17 +348,28 @@ impl Wal {
         self.inner.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn send(&self, sh: &Shared, cmd: Cmd) -> Result<(), WalError> {
+    /// Queues `cmds` for the writer, after the changes made under `sh`.
+    /// The queue is taken before `sh` is released, so commands keep the
+    /// order of those changes, and `sh` is released before the writer is
+    /// woken: a writer woken while the caller still held `sh` ran straight
+    /// into it (it takes `sh` right away), blocked, and had to be woken
+    /// again, two more context switches per append.
+    fn send(
+        &self,
+        sh: MutexGuard<'_, Shared>,
+        cmds: impl IntoIterator<Item = Cmd>,
+    ) -> Result<(), WalError> {
         if let Some(f) = &sh.failed {
             return Err(WalError::Failed(f.clone()));
         }
-        let tx = self
-            .inner
-            .tx
-            .as_ref()
-            .expect("sender lives as long as Inner");
-        tx.send(cmd)
-            .map_err(|_| WalError::Failed("writer thread is gone".into()))
+        let tx = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
+        drop(sh);
+        let tx = tx.as_ref().expect("sender lives as long as Inner");
+        for cmd in cmds {
+            tx.send(cmd)
+                .map_err(|_| WalError::Failed("writer thread is gone".into()))?;
+        }
+        Ok(())
     }
 
     /// Number of fsyncs the writer has issued (data syncs of segment files).
@@ -385,17 +399,18 @@ impl Wal {
         entries.retain(|(i, _)| purged.is_none_or(|p| *i > p));
         let Some(first) = entries.first().map(|(i, _)| *i) else {
             return self.send(
-                &sh,
-                Cmd::Append {
+                sh,
+                [Cmd::Append {
                     entries: Vec::new(),
                     done,
-                },
+                }],
             );
         };
+        let mut cmds = Vec::with_capacity(2);
         if sh.slots.keys().next_back().is_some_and(|l| first <= *l) {
             // Overwrite: an implicit truncate, queued before the append.
             drop(sh.slots.split_off(&first));
-            self.send(&sh, Cmd::Truncate(first, Box::new(|_| {})))?;
+            cmds.push(Cmd::Truncate(first, Box::new(|_| {})));
         }
         let mut queued = Vec::with_capacity(entries.len());
         for (i, data) in entries {
@@ -411,13 +426,11 @@ impl Wal {
             );
             queued.push((i, generation, data));
         }
-        self.send(
-            &sh,
-            Cmd::Append {
-                entries: queued,
-                done,
-            },
-        )
+        cmds.push(Cmd::Append {
+            entries: queued,
+            done,
+        });
+        self.send(sh, cmds)
     }
 
     /// Persists the vote; returns after it is fsynced.
@@ -426,7 +439,7 @@ impl Wal {
         {
             let mut sh = self.lock();
             sh.vote = Some(vote.clone());
-            self.send(&sh, Cmd::Vote(vote, done))?;
+            self.send(sh, [Cmd::Vote(vote, done)])?;
         }
         wait(rx).await
     }
@@ -445,7 +458,7 @@ impl Wal {
         sh.committed_unwritten = true;
         if sh.writer_idle {
             sh.writer_idle = false;
-            self.send(&sh, Cmd::Wake)?;
+            self.send(sh, [Cmd::Wake])?;
         }
         Ok(())
     }
@@ -456,7 +469,7 @@ impl Wal {
         {
             let mut sh = self.lock();
             drop(sh.slots.split_off(&index));
-            self.send(&sh, Cmd::Truncate(index, done))?;
+            self.send(sh, [Cmd::Truncate(index, done)])?;
         }
         wait(rx).await
     }
@@ -472,7 +485,7 @@ impl Wal {
             }
             sh.slots = sh.slots.split_off(&(index + 1));
             sh.purged = Some((index, log_id.clone()));
-            self.send(&sh, Cmd::Purge(index, log_id, done))?;
+            self.send(sh, [Cmd::Purge(index, log_id, done)])?;
         }
         wait(rx).await
     }
