@@ -585,8 +585,9 @@ fn send_signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// Waits (at most 10 s, else panics) until every thread of `pid` is in
-/// the stopped state `T` (`/proc/PID/task/*/stat`).
+/// Waits (at most 10 s, else panics) until no thread of `pid` can run:
+/// each is stopped (`T`) or the process is dead (`Z`, `X`, or gone), as
+/// `/proc/PID/task/*/stat` says.
 fn wait_stopped(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !all_threads_stopped(pid) {
@@ -600,18 +601,18 @@ fn wait_stopped(pid: u32) {
 
 fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
+        return true;
     };
     tasks.flatten().all(|task| {
         // The state follows the command name, which may hold spaces and
-        // parentheses: it is the first field after the last ')'.
-        std::fs::read_to_string(task.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                let (_, rest) = stat.rsplit_once(')')?;
-                Some(rest.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false)
+        // parentheses: it is the first field after the last ')'. A thread
+        // that exited meanwhile has no stat left: it runs no more.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return true;
+        };
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| matches!(state, 'T' | 't' | 'Z' | 'X'))
     })
 }
 
