@@ -6,7 +6,9 @@
 //!
 //! Durability mapping:
 //! - `append`: entries are readable on return; `LogFlushed` fires after the
-//!   group fsync that covers them.
+//!   group fsync that covers them: from the runtime's I/O driver when the log
+//!   is idle (see [`Relay`]), from the WAL's writer thread when its next
+//!   batch already waits.
 //! - `save_vote`: returns after the vote is fsynced.
 //! - `save_committed`: written with the WAL's next batch (or alone within
 //!   `wal::COMMITTED_DELAY`), durable with the next fsync.
@@ -30,12 +32,16 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::relay::Relay;
 use crate::wal::{Wal, WalError, WalOptions};
 
 /// The Raft log store. Clones share the same WAL; `get_log_reader` hands one
 /// out to replication tasks.
 pub struct LogStore<C: RaftTypeConfig> {
     wal: Wal,
+    /// Carries `LogFlushed` from the WAL's writer onto the runtime; `None`
+    /// when opened outside a runtime (the writer then calls it itself).
+    relay: Option<Relay>,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -43,6 +49,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             wal: self.wal.clone(),
+            relay: self.relay.clone(),
             _c: PhantomData,
         }
     }
@@ -55,8 +62,11 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     pub fn open_with(dir: &Path, opts: WalOptions) -> Result<Self, WalError> {
+        let wal = Wal::open(dir, opts)?;
+        let relay = Relay::spawn().map_err(|e| WalError::io(dir, e))?;
         Ok(LogStore {
-            wal: Wal::open(dir, opts)?,
+            wal,
+            relay,
             _c: PhantomData,
         })
     }
@@ -211,8 +221,19 @@ where
             let b = encode(&e, ErrorSubject::Log(id.clone()))?;
             batch.push((id.index, b));
         }
+        let relay = self.relay.clone();
+        let backlog = self.wal.backlog();
         let done = Box::new(move |r: Result<(), WalError>| {
-            callback.log_io_completed(r.map_err(|e| io::Error::other(e.to_string())));
+            let flushed = move || {
+                callback.log_io_completed(r.map_err(|e| io::Error::other(e.to_string())));
+            };
+            match relay {
+                // The next batch already waits: the runtime is busy, and
+                // waking it from here is cheap (no idle worker to unpark).
+                Some(relay) if !backlog.is_empty() => relay.call(flushed),
+                Some(relay) => relay.run(flushed),
+                None => flushed(),
+            }
         });
         self.wal
             .append(batch, done)

@@ -8,6 +8,7 @@ pub mod log_store;
 pub mod network;
 pub mod proposer;
 pub mod read_index;
+pub mod relay;
 pub mod service;
 pub mod state_machine;
 pub mod types;

@@ -81,7 +81,7 @@ use std::io;
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -191,6 +191,8 @@ enum Cmd {
 struct Inner {
     shared: Arc<Mutex<Shared>>,
     syncs: Arc<AtomicU64>,
+    /// Commands sent and not yet taken by the writer (see [`Backlog`]).
+    queued: Arc<AtomicUsize>,
     /// Locked before `shared` is unlocked, so commands queue in the order
     /// of their changes to it, and the writer is woken only after `shared`
     /// is free (see [`Wal::send`]).
@@ -206,6 +208,18 @@ impl Drop for Inner {
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// How many commands wait for the writer; read from a completion, whether
+/// the next batch was already queued when this one became durable (the
+/// log is under load, and its callers' threads are busy).
+#[derive(Clone)]
+pub struct Backlog(Arc<AtomicUsize>);
+
+impl Backlog {
+    pub fn is_empty(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
     }
 }
 
@@ -315,12 +329,14 @@ impl Wal {
             failed: None,
         }));
         let syncs = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             opts,
             shared: shared.clone(),
             syncs: syncs.clone(),
+            queued: queued.clone(),
             segs,
             index,
             vote: rec.vote,
@@ -338,6 +354,7 @@ impl Wal {
             inner: Arc::new(Inner {
                 shared,
                 syncs,
+                queued,
                 tx: Mutex::new(Some(tx)),
                 writer: Some(handle),
             }),
@@ -366,10 +383,16 @@ impl Wal {
         drop(sh);
         let tx = tx.as_ref().expect("sender lives as long as Inner");
         for cmd in cmds {
+            self.inner.queued.fetch_add(1, Ordering::AcqRel);
             tx.send(cmd)
                 .map_err(|_| WalError::Failed("writer thread is gone".into()))?;
         }
         Ok(())
+    }
+
+    /// A handle on the number of commands waiting for the writer.
+    pub fn backlog(&self) -> Backlog {
+        Backlog(self.inner.queued.clone())
     }
 
     /// Number of fsyncs the writer has issued (data syncs of segment files).
@@ -597,6 +620,8 @@ struct Writer {
     opts: WalOptions,
     shared: Arc<Mutex<Shared>>,
     syncs: Arc<AtomicU64>,
+    /// Decremented for every command taken (see [`Backlog`]).
+    queued: Arc<AtomicUsize>,
     /// Oldest first; the last one receives writes.
     segs: Vec<WSeg>,
     /// index → (segment seq, record offset): where truncation cuts.
@@ -647,6 +672,7 @@ impl Writer {
             while let Ok(c) = rx.try_recv() {
                 batch.push(c);
             }
+            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             expect_commit = batch.iter().any(|c| matches!(c, Cmd::Append { .. }));
             let mut waiters: Vec<Completion> = Vec::new();
             let mut result: Result<(), WalError> = Ok(());
