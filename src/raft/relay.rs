@@ -65,8 +65,9 @@ impl Shared {
 }
 
 impl Relay {
-    /// Starts the relay's task on the current runtime. `None` outside a
-    /// runtime: callers then complete on their own thread.
+    /// Starts the relay's task on the current runtime, which must have its
+    /// I/O driver enabled (the server's and tokio's test runtimes do).
+    /// `None` outside a runtime: callers then complete on their own thread.
     pub fn spawn() -> io::Result<Option<Relay>> {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return Ok(None);
