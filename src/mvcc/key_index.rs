@@ -69,7 +69,8 @@ impl Default for KeyIndex {
 
 impl KeyIndex {
     /// Record a put at `rev`; starts a generation if the key is deleted.
-    pub fn put(&mut self, rev: Revision) {
+    /// Returns the new value's `create_revision` and `version`.
+    pub fn put(&mut self, rev: Revision) -> (i64, i64) {
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
         }
@@ -79,6 +80,7 @@ impl KeyIndex {
         }
         g.revs.push(rev);
         g.ver += 1;
+        (g.created, g.ver)
     }
 
     /// Rebuild a key from a stored value whose earlier history may have been
@@ -207,8 +209,14 @@ impl TreeIndex {
         self.keys.get(key)?.get(at_rev)
     }
 
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
-        self.keys.entry(key.to_vec()).or_default().put(rev);
+    /// Record a put of `key` at `rev`, newer than any revision the index
+    /// holds; returns the new value's `create_revision` and `version`. One
+    /// lookup, and the key is copied only when it is new to the index.
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> (i64, i64) {
+        if let Some(ki) = self.keys.get_mut(key) {
+            return ki.put(rev);
+        }
+        self.keys.entry(key.to_vec()).or_default().put(rev)
     }
 
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
@@ -218,7 +226,9 @@ impl TreeIndex {
     /// Insert a key rebuilt from storage (see [`KeyIndex::restore`]).
     pub fn restore(&mut self, key: &[u8], created: i64, modified: Revision, ver: i64) {
         match self.keys.get_mut(key) {
-            Some(ki) => ki.put(modified),
+            Some(ki) => {
+                ki.put(modified);
+            }
             None => {
                 self.keys
                     .insert(key.to_vec(), KeyIndex::restore(created, modified, ver));
@@ -423,6 +433,24 @@ mod tests {
         assert_eq!(ki.get(6).unwrap().ver, 5);
         assert_eq!(ki.compact(100), vec![r(4), r(5)]);
         assert_eq!(ki.get(100).unwrap().modified, r(6));
+    }
+
+    #[test]
+    fn tree_put_returns_created_and_version() {
+        let mut t = TreeIndex::default();
+        assert_eq!(t.put(b"a", r(2)), (2, 1));
+        assert_eq!(t.put(b"a", r(3)), (2, 2));
+        assert_eq!(t.put(b"b", r(4)), (4, 1));
+        assert!(t.tombstone(b"a", r(5)));
+        assert_eq!(t.put(b"a", r(6)), (6, 1), "a new generation");
+        assert_eq!(t.put(b"a", Revision::new(6, 1)), (6, 2));
+        let kr = t.get(b"a", 6).unwrap();
+        assert_eq!(
+            (kr.modified, kr.created, kr.ver),
+            (Revision::new(6, 1), 6, 2)
+        );
+        t.restore(b"c", 7, r(9), 4);
+        assert_eq!(t.put(b"c", r(10)), (7, 5), "continues a restored key");
     }
 
     #[test]

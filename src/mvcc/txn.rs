@@ -8,7 +8,6 @@
 //! it see `begin_rev + 1` once it changed something, `begin_rev` before.
 
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::sync::{atomic::Ordering, MutexGuard};
 
 use super::backend::{
@@ -393,8 +392,6 @@ pub struct Applier<'a> {
     pub(super) inner: &'a Inner,
     _serial: MutexGuard<'a, ()>,
     pub(super) batch: WriteBatch,
-    /// Values written by this applier, not yet in sled.
-    pending: HashMap<Revision, KeyValue>,
     /// Current revision including this applier's changes.
     pub(super) rev: i64,
     /// Compact revision including this applier's compactions.
@@ -408,8 +405,9 @@ pub struct Applier<'a> {
     begin_rev: i64,
     /// Changes made by the current write request (etcd `len(tw.changes)`).
     changes: i64,
-    /// Every change this applier made, in revision order: what `commit`
-    /// hands to the watch hub once it is in sled.
+    /// Every change this applier made, in revision order: what reads inside
+    /// the applier see before it is in sled, and what `commit` then hands to
+    /// the watch hub.
     log: Vec<Change>,
 }
 
@@ -430,9 +428,12 @@ impl ReadView for Applier<'_> {
         self.inner.index().revisions(key, end, at_rev, limit)
     }
     fn fetch(&self, rev: Revision) -> Result<KeyValue, StorageError> {
-        match self.pending.get(&rev) {
-            Some(kv) => Ok(kv.clone()),
-            None => self.inner.fetch(rev),
+        // A value this applier wrote is not in sled yet: it is in the log,
+        // which is in revision order.
+        let i = self.log.partition_point(|c| c.revision < rev);
+        match self.log.get(i) {
+            Some(c) if c.revision == rev => Ok(c.kv.clone()),
+            _ => self.inner.fetch(rev),
         }
     }
 }
@@ -445,7 +446,6 @@ impl<'a> Applier<'a> {
             inner,
             _serial: serial,
             batch: WriteBatch::new(),
-            pending: HashMap::new(),
             rev,
             compact_rev,
             start_rev: rev,
@@ -470,30 +470,23 @@ impl<'a> Applier<'a> {
     fn put_kv(&mut self, key: &[u8], value: Bytes, lease: i64) -> i64 {
         let rev = self.begin_rev + 1;
         let idx_rev = Revision::new(rev, self.changes);
-        let mut index = self.inner.index_mut();
-        let (created, ver) = match index.get(key, rev) {
-            Some(kr) => (kr.created, kr.ver),
-            None => (rev, 0),
-        };
+        let (created, version) = self.inner.index_mut().put(key, idx_rev);
         let kv = KeyValue {
             key: Bytes::copy_from_slice(key),
             create_revision: created,
             mod_revision: rev,
-            version: ver + 1,
+            version,
             value,
             lease,
         };
-        index.put(key, idx_rev);
-        drop(index);
         self.inner.leases_mut().on_put(key, lease);
         self.batch
             .insert(&rev_key(idx_rev), &encode_stored(&kv, false));
         self.log.push(Change {
             revision: idx_rev,
-            kv: kv.clone(),
+            kv,
             is_delete: false,
         });
-        self.pending.insert(idx_rev, kv);
         self.changes += 1;
         rev
     }
