@@ -257,7 +257,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! openraft's storage conformance suite against the WAL-backed log store.
     //! The state machine here is a throwaway in-memory one: the suite needs
     //! one, but it is not what is under test.
@@ -283,7 +283,7 @@ mod tests {
     }
 
     #[derive(Clone, Default)]
-    struct MemSm(Arc<Mutex<MemSmInner>>);
+    pub(crate) struct MemSm(Arc<Mutex<MemSmInner>>);
 
     impl RaftSnapshotBuilder<TestConfig> for MemSm {
         async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, StorageError<u64>> {

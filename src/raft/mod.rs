@@ -4,6 +4,8 @@
 pub mod check_quorum;
 pub mod forwarder;
 mod gate;
+#[cfg(test)]
+mod leader_append_tests;
 pub mod log_store;
 pub mod network;
 pub mod proposer;

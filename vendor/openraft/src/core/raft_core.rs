@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fmt::Display;
 use std::fmt::Formatter;
+use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -196,6 +197,10 @@ where
     /// A Sender to send callback by other components to [`RaftCore`], when an action is finished,
     /// such as flushing log to disk, or applying log entries to state machine.
     pub(crate) tx_notify: mpsc::UnboundedSender<Notify<C>>,
+
+    /// oxcd: the newest append made as leader whose flush has not been
+    /// reported yet (see `append_to_log_as_leader`).
+    pub(crate) leader_unflushed: Option<(Vote<C::NodeId>, LogId<C::NodeId>)>,
 
     /// A Receiver to receive callback from other components.
     pub(crate) rx_notify: mpsc::UnboundedReceiver<Notify<C>>,
@@ -727,6 +732,48 @@ where
         rx.await
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        Ok(())
+    }
+
+    /// oxcd: appends the leader's own entries without waiting for them to
+    /// be flushed.
+    ///
+    /// `append_to_log` blocks RaftCore until the log store reports the
+    /// flush, so a leader sent its followers nothing, and accepted nothing
+    /// new, while its own fsync ran: a write paid the leader's fsync and
+    /// then a follower's, one after the other. Here the flush is reported
+    /// later, as `Notify::LocalLogFlushed`, and only then does the leader
+    /// count itself toward the quorum (`update_local_progress`). So the
+    /// followers receive the entries while the leader writes them (Raft
+    /// thesis, 10.2.1), and an entry still commits only once a majority
+    /// holds it durably: the leader once its flush is done, the followers
+    /// once they acknowledged it, which they do only after their own flush.
+    async fn append_to_log_as_leader(
+        &mut self,
+        entries: Vec<C::Entry>,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        self.log_store.append(entries, LogFlushed::new(log_io_id, tx)).await?;
+        self.leader_unflushed = Some((vote.clone(), last_log_id.clone()));
+
+        let tx_notify = self.tx_notify.clone();
+        // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
+        #[allow(clippy::let_underscore_future)]
+        let _ = C::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            });
+        });
         Ok(())
     }
 
@@ -1278,6 +1325,26 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed {
+                vote,
+                last_log_id,
+                result,
+            } => {
+                if let Err(e) = result {
+                    return Err(Fatal::StorageError(StorageIOError::write_logs(AnyError::error(e)).into()));
+                }
+                // Appends complete in order: this flush covers every
+                // earlier one.
+                if self.leader_unflushed.as_ref().is_some_and(|(_, l)| *l <= last_log_id) {
+                    self.leader_unflushed = None;
+                }
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1632,10 +1699,26 @@ where
             }
             Command::QuitLeader => {
                 self.leader_data = None;
+                // oxcd: whatever this member answers from now on (as a
+                // follower, say that it holds entries) must not count on
+                // an append made as leader that is not flushed yet. The log
+                // store completes appends in order, so an empty append's
+                // flush covers them all.
+                if let Some((vote, last_log_id)) = self.leader_unflushed.take() {
+                    self.append_to_log(Vec::new(), vote, last_log_id).await?;
+                }
             }
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // oxcd: the leader's own entries (made under its own vote,
+                // not a follower's append of entries from another leader).
+                let as_leader = vote.is_committed() && self.engine.leader.as_ref().is_some_and(|l| l.vote == vote);
+                if as_leader {
+                    self.append_to_log_as_leader(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 

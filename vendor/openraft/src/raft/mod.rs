@@ -292,6 +292,7 @@ where C: RaftTypeConfig
             rx_api,
 
             tx_notify,
+            leader_unflushed: None,
             rx_notify,
 
             tx_metrics,

@@ -1,0 +1,359 @@
+//! The leader's own log append does not hold up replication, and the leader
+//! counts toward a quorum only once that append is flushed (the change to
+//! openraft in `vendor/openraft/OXCD.md`).
+//!
+//! Three openraft members in one process, over an in-memory network, each
+//! with a log store whose flushes a test can hold back: an append is stored
+//! at once, but its `LogFlushed` is reported only on `release`, as a disk
+//! that has not finished an fsync would report it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    BasicNode, Entry, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError, Vote,
+};
+
+use super::log_store::tests::{MemSm, TestConfig};
+
+type Raft = openraft::Raft<TestConfig>;
+
+#[derive(Default)]
+struct HeldInner {
+    log: BTreeMap<u64, Entry<TestConfig>>,
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId<u64>>,
+    purged: Option<LogId<u64>>,
+    hold: bool,
+    /// Flushes not reported yet, oldest first.
+    held: Vec<LogFlushed<TestConfig>>,
+}
+
+/// An in-memory Raft log whose flush reports can be held back.
+#[derive(Clone, Default)]
+struct HeldLog(Arc<Mutex<HeldInner>>);
+
+impl HeldLog {
+    fn hold(&self) {
+        self.0.lock().unwrap().hold = true;
+    }
+
+    /// Reports every held flush, in order, and stops holding.
+    fn release(&self) {
+        let held = {
+            let mut g = self.0.lock().unwrap();
+            g.hold = false;
+            std::mem::take(&mut g.held)
+        };
+        for cb in held {
+            cb.log_io_completed(Ok(()));
+        }
+    }
+
+    fn last_index(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .log
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl RaftLogReader<TestConfig> for HeldLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TestConfig>>, StorageError<u64>> {
+        let g = self.0.lock().unwrap();
+        Ok(g.log.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TestConfig> for HeldLog {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TestConfig>, StorageError<u64>> {
+        let g = self.0.lock().unwrap();
+        let last = g.log.values().next_back().map(|e| *e.get_log_id());
+        Ok(LogState {
+            last_purged_log_id: g.purged,
+            last_log_id: last.or(g.purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        self.0.lock().unwrap().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        Ok(self.0.lock().unwrap().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        self.0.lock().unwrap().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self.0.lock().unwrap().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TestConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TestConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut g = self.0.lock().unwrap();
+        for e in entries {
+            g.log.insert(e.get_log_id().index, e);
+        }
+        // Flushes complete in order: behind a held one, this one waits too.
+        if g.hold || !g.held.is_empty() {
+            g.held.push(callback);
+        } else {
+            drop(g);
+            callback.log_io_completed(Ok(()));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut g = self.0.lock().unwrap();
+        drop(g.log.split_off(&log_id.index));
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut g = self.0.lock().unwrap();
+        g.log = g.log.split_off(&(log_id.index + 1));
+        g.purged = Some(log_id);
+        Ok(())
+    }
+}
+
+/// The in-memory network: calls go straight to the target's `Raft`.
+#[derive(Clone, Default)]
+struct Router(Arc<Mutex<HashMap<u64, Raft>>>);
+
+struct Conn {
+    router: Router,
+    target: u64,
+}
+
+impl Conn {
+    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<u64, BasicNode, E>> {
+        self.router
+            .0
+            .lock()
+            .unwrap()
+            .get(&self.target)
+            .cloned()
+            .ok_or_else(|| {
+                let e = std::io::Error::other(format!("no member {}", self.target));
+                RPCError::Unreachable(Unreachable::new(&e))
+            })
+    }
+}
+
+impl RaftNetworkFactory<TestConfig> for Router {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Conn {
+        Conn {
+            router: self.clone(),
+            target,
+        }
+    }
+}
+
+impl RaftNetwork<TestConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TestConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let raft = self.raft()?;
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TestConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let raft = self.raft()?;
+        raft.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let raft = self.raft()?;
+        raft.vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+struct Cluster {
+    rafts: HashMap<u64, Raft>,
+    logs: HashMap<u64, HeldLog>,
+}
+
+/// Members 1, 2 and 3, with 1 the leader.
+async fn cluster() -> Cluster {
+    let config = Arc::new(
+        openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 500,
+            election_timeout_max: 700,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let router = Router::default();
+    let (mut rafts, mut logs) = (HashMap::new(), HashMap::new());
+    for id in 1..=3u64 {
+        let log = HeldLog::default();
+        let raft = Raft::new(
+            id,
+            config.clone(),
+            router.clone(),
+            log.clone(),
+            MemSm::default(),
+        )
+        .await
+        .unwrap();
+        router.0.lock().unwrap().insert(id, raft.clone());
+        rafts.insert(id, raft);
+        logs.insert(id, log);
+    }
+    let members: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
+    rafts[&1].initialize(members).await.unwrap();
+    rafts[&1]
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "member 1 leads")
+        .await
+        .unwrap();
+    // Every member holds the leader's first entries before the test starts.
+    let last = logs[&1].last_index();
+    for id in 1..=3u64 {
+        rafts[&id]
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(last), "caught up")
+            .await
+            .unwrap();
+    }
+    Cluster { rafts, logs }
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn applied(raft: &Raft) -> u64 {
+    raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_get_the_entry_while_the_leader_flushes_it() {
+    let c = cluster().await;
+    let index = c.logs[&1].last_index() + 1;
+    c.logs[&1].hold();
+    let leader = c.rafts[&1].clone();
+    let write = tokio::spawn(async move { leader.client_write("w".to_string()).await });
+
+    // openraft 0.9 as published sent nothing before the leader's flush.
+    until("both followers hold the entry", || {
+        c.logs[&2].last_index() >= index && c.logs[&3].last_index() >= index
+    })
+    .await;
+    // Two followers that flushed it are a majority: it commits and applies
+    // although the leader's own flush is still outstanding.
+    let resp = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write commits without the leader's flush")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.log_id.index, index);
+    c.logs[&1].release();
+    for raft in c.rafts.values() {
+        raft.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_counts_toward_the_quorum_only_once_flushed() {
+    let c = cluster().await;
+    let index = c.logs[&1].last_index() + 1;
+    // The leader and member 3 have not flushed: only member 2 holds the
+    // entry durably, one of three.
+    c.logs[&1].hold();
+    c.logs[&3].hold();
+    let leader = c.rafts[&1].clone();
+    let write = tokio::spawn(async move { leader.client_write("w".to_string()).await });
+    until("both followers hold the entry", || {
+        c.logs[&2].last_index() >= index && c.logs[&3].last_index() >= index
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !write.is_finished(),
+        "committed with one durable copy of three"
+    );
+    for id in 1..=3u64 {
+        assert!(applied(&c.rafts[&id]) < index, "member {id} applied it");
+    }
+
+    // The leader's flush makes two of three.
+    c.logs[&1].release();
+    let resp = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write commits once the leader flushed it")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.log_id.index, index);
+    c.logs[&3].release();
+    for raft in c.rafts.values() {
+        raft.shutdown().await.unwrap();
+    }
+}
