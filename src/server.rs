@@ -140,6 +140,7 @@ pub async fn serve(
         .with_watch_hub(hub.clone())
         .with_lessor(lessor.clone());
     let directory = sm.directory();
+    let applied_index = sm.applied_index();
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -242,6 +243,7 @@ pub async fn serve(
         lessor: lessor.clone(),
         directory,
         log: log_store,
+        applied_index,
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,

@@ -55,6 +55,9 @@ pub struct Context {
     pub directory: MemberDirectory,
     /// The Raft log, read for Status's committed index.
     pub log: LogStore<TypeConfig>,
+    /// The index of the newest entry the store serves
+    /// ([`StateMachine::applied_index`](crate::raft::state_machine::StateMachine::applied_index)).
+    pub applied_index: tokio::sync::watch::Receiver<u64>,
     pub cluster_id: u64,
     pub member_id: MemberId,
     pub max_txn_ops: usize,
@@ -252,14 +255,14 @@ impl Context {
         known_leader(&m).ok_or(Error::NoLeader)
     }
 
-    /// Waits until the local state machine has applied `index`. Checks the
-    /// metrics in place: openraft's `Wait` clones all of RaftMetrics for
-    /// every waiter at every change of any metric, and every linearizable
-    /// read and every forwarded write waits here.
+    /// Waits until the local state machine has applied `index`: every
+    /// linearizable read and every forwarded write waits here. The state
+    /// machine publishes its applied index itself (openraft's metrics
+    /// change later, after two task hand-offs, and its `Wait` clones all of
+    /// RaftMetrics for every waiter at every change of any metric).
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), Error> {
-        let mut metrics = self.raft.metrics();
-        let applied =
-            metrics.wait_for(|m| m.last_applied.as_ref().is_some_and(|l| l.index >= index));
+        let mut applied_index = self.applied_index.clone();
+        let applied = applied_index.wait_for(|i| *i >= index);
         let outcome = tokio::time::timeout_at(deadline.into(), applied)
             .await
             .map(|r| r.map(|_| ()));
