@@ -13,7 +13,9 @@ use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -166,17 +168,23 @@ struct Conn {
 }
 
 impl Conn {
-    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<u64, BasicNode, E>> {
-        self.router
-            .0
-            .lock()
-            .unwrap()
-            .get(&self.target)
-            .cloned()
-            .ok_or_else(|| {
-                let e = std::io::Error::other(format!("no member {}", self.target));
-                RPCError::Unreachable(Unreachable::new(&e))
-            })
+    /// Runs `call` on the target's `Raft`, as a peer call would.
+    async fn call<T, E, F>(
+        &self,
+        call: impl FnOnce(Raft) -> F,
+    ) -> Result<T, RPCError<u64, BasicNode, E>>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        E: std::error::Error,
+    {
+        let raft = self.router.0.lock().unwrap().get(&self.target).cloned();
+        let Some(raft) = raft else {
+            let e = std::io::Error::other(format!("no member {}", self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        call(raft)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
@@ -197,10 +205,8 @@ impl RaftNetwork<TestConfig> for Conn {
         rpc: AppendEntriesRequest<TestConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let raft = self.raft()?;
-        raft.append_entries(rpc)
+        self.call(|raft| async move { raft.append_entries(rpc).await })
             .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(
@@ -211,10 +217,8 @@ impl RaftNetwork<TestConfig> for Conn {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        let raft = self.raft()?;
-        raft.install_snapshot(rpc)
+        self.call(|raft| async move { raft.install_snapshot(rpc).await })
             .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn vote(
@@ -222,10 +226,7 @@ impl RaftNetwork<TestConfig> for Conn {
         rpc: VoteRequest<u64>,
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let raft = self.raft()?;
-        raft.vote(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.call(|raft| async move { raft.vote(rpc).await }).await
     }
 }
 
@@ -294,47 +295,67 @@ fn applied(raft: &Raft) -> u64 {
     raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_get_the_entry_while_the_leader_flushes_it() {
-    let c = cluster().await;
-    let index = c.logs[&1].last_index() + 1;
-    c.logs[&1].hold();
-    let leader = c.rafts[&1].clone();
-    let write = tokio::spawn(async move { leader.client_write("w".to_string()).await });
+type Write = tokio::task::JoinHandle<
+    Result<
+        openraft::raft::ClientWriteResponse<TestConfig>,
+        RaftError<u64, ClientWriteError<u64, BasicNode>>,
+    >,
+>;
 
-    // openraft 0.9 as published sent nothing before the leader's flush.
-    until("both followers hold the entry", || {
-        c.logs[&2].last_index() >= index && c.logs[&3].last_index() >= index
-    })
-    .await;
-    // Two followers that flushed it are a majority: it commits and applies
-    // although the leader's own flush is still outstanding.
+impl Cluster {
+    /// Starts a write on the leader (member 1) and waits until both
+    /// followers hold its entry; returns the entry's index and the write.
+    async fn write_reaching_followers(&self) -> (u64, Write) {
+        let index = self.logs[&1].last_index() + 1;
+        let leader = self.rafts[&1].clone();
+        let write = tokio::spawn(async move { leader.client_write("w".to_string()).await });
+        until("both followers hold the entry", || {
+            self.logs[&2].last_index() >= index && self.logs[&3].last_index() >= index
+        })
+        .await;
+        (index, write)
+    }
+
+    async fn shutdown(self) {
+        for log in self.logs.values() {
+            log.release();
+        }
+        for raft in self.rafts.values() {
+            raft.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Waits for `write` to commit and checks its entry's index.
+async fn committed(write: Write, index: u64, what: &str) {
     let resp = tokio::time::timeout(Duration::from_secs(10), write)
         .await
-        .expect("the write commits without the leader's flush")
+        .unwrap_or_else(|_| panic!("{what}"))
         .unwrap()
         .unwrap();
     assert_eq!(resp.log_id.index, index);
-    c.logs[&1].release();
-    for raft in c.rafts.values() {
-        raft.shutdown().await.unwrap();
-    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_get_the_entry_while_the_leader_flushes_it() {
+    let c = cluster().await;
+    c.logs[&1].hold();
+    // openraft 0.9 as published sent nothing before the leader's flush.
+    let (index, write) = c.write_reaching_followers().await;
+    // Two followers that flushed it are a majority: it commits and applies
+    // although the leader's own flush is still outstanding.
+    committed(write, index, "the write commits without the leader's flush").await;
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_counts_toward_the_quorum_only_once_flushed() {
     let c = cluster().await;
-    let index = c.logs[&1].last_index() + 1;
     // The leader and member 3 have not flushed: only member 2 holds the
     // entry durably, one of three.
     c.logs[&1].hold();
     c.logs[&3].hold();
-    let leader = c.rafts[&1].clone();
-    let write = tokio::spawn(async move { leader.client_write("w".to_string()).await });
-    until("both followers hold the entry", || {
-        c.logs[&2].last_index() >= index && c.logs[&3].last_index() >= index
-    })
-    .await;
+    let (index, write) = c.write_reaching_followers().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !write.is_finished(),
@@ -346,14 +367,6 @@ async fn the_leader_counts_toward_the_quorum_only_once_flushed() {
 
     // The leader's flush makes two of three.
     c.logs[&1].release();
-    let resp = tokio::time::timeout(Duration::from_secs(10), write)
-        .await
-        .expect("the write commits once the leader flushed it")
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.log_id.index, index);
-    c.logs[&3].release();
-    for raft in c.rafts.values() {
-        raft.shutdown().await.unwrap();
-    }
+    committed(write, index, "the write commits once the leader flushed it").await;
+    c.shutdown().await;
 }
