@@ -3,7 +3,6 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fmt::Display;
 use std::fmt::Formatter;
-use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -742,38 +741,22 @@ where
     /// flush, so a leader sent its followers nothing, and accepted nothing
     /// new, while its own fsync ran: a write paid the leader's fsync and
     /// then a follower's, one after the other. Here the flush is reported
-    /// later, as `Notify::LocalLogFlushed`, and only then does the leader
-    /// count itself toward the quorum (`update_local_progress`). So the
-    /// followers receive the entries while the leader writes them (Raft
-    /// thesis, 10.2.1), and an entry still commits only once a majority
-    /// holds it durably: the leader once its flush is done, the followers
-    /// once they acknowledged it, which they do only after their own flush.
+    /// later, as `Notify::LocalLogFlushed` (`LogFlushed::notify`), and only
+    /// then does the leader count itself toward the quorum
+    /// (`update_local_progress`). So the followers receive the entries while
+    /// the leader writes them (Raft thesis, 10.2.1), and an entry still
+    /// commits only once a majority holds it durably: the leader once its
+    /// flush is done, the followers once they acknowledged it, which they do
+    /// only after their own flush.
     async fn append_to_log_as_leader(
         &mut self,
         entries: Vec<C::Entry>,
         vote: Vote<C::NodeId>,
         last_log_id: LogId<C::NodeId>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        let (tx, rx) = C::AsyncRuntime::oneshot();
-        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
-        self.log_store.append(entries, LogFlushed::new(log_io_id, tx)).await?;
-        self.leader_unflushed = Some((vote.clone(), last_log_id.clone()));
-
-        let tx_notify = self.tx_notify.clone();
-        // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
-        #[allow(clippy::let_underscore_future)]
-        let _ = C::spawn(async move {
-            let result = match rx.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(io::Error::other(e.to_string())),
-            };
-            let _ = tx_notify.send(Notify::LocalLogFlushed {
-                vote,
-                last_log_id,
-                result,
-            });
-        });
+        let callback = LogFlushed::notify(self.tx_notify.clone(), vote.clone(), last_log_id.clone());
+        self.log_store.append(entries, callback).await?;
+        self.leader_unflushed = Some((vote, last_log_id));
         Ok(())
     }
 

@@ -2,21 +2,39 @@
 
 use std::io;
 
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::async_runtime::AsyncOneshotSendExt;
+use crate::core::notify::Notify;
 use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::type_config::alias::OneshotSenderOf;
 use crate::LogId;
 use crate::RaftTypeConfig;
 use crate::StorageIOError;
+use crate::Vote;
 
 /// A oneshot callback for completion of log io operation.
 pub struct LogFlushed<C>
 where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
-    tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    tx: FlushTx<C>,
+}
+
+/// oxcd: where a flush is reported.
+enum FlushTx<C>
+where C: RaftTypeConfig
+{
+    /// To `RaftCore::append_to_log`, which awaits it in place.
+    Oneshot(OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>),
+    /// The leader's own append (`RaftCore::append_to_log_as_leader`):
+    /// straight to RaftCore's queue, as `Notify::LocalLogFlushed`.
+    Notify {
+        tx: mpsc::UnboundedSender<Notify<C>>,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    },
 }
 
 impl<C> LogFlushed<C>
@@ -26,18 +44,47 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx: FlushTx::Oneshot(tx),
+        }
+    }
+
+    /// oxcd: a callback that reports the flush of the leader's own append
+    /// up to `last_log_id`, made under `vote`, as `Notify::LocalLogFlushed`.
+    pub(crate) fn notify(
+        tx: mpsc::UnboundedSender<Notify<C>>,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Self {
+        Self {
+            log_io_id: LogIOId::new(vote.clone(), Some(last_log_id.clone())),
+            tx: FlushTx::Notify { tx, vote, last_log_id },
+        }
     }
 
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
     pub fn log_io_completed(self, result: Result<(), io::Error>) {
-        let res = if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
-            self.tx.send(Err(e))
-        } else {
-            self.tx.send(Ok(self.log_io_id))
+        }
+        let tx = match self.tx {
+            FlushTx::Oneshot(tx) => tx,
+            FlushTx::Notify { tx, vote, last_log_id } => {
+                // Closed only when RaftCore is gone.
+                let _ = tx.send(Notify::LocalLogFlushed {
+                    vote,
+                    last_log_id,
+                    result,
+                });
+                return;
+            }
+        };
+        let res = match result {
+            Err(e) => tx.send(Err(e)),
+            Ok(()) => tx.send(Ok(self.log_io_id)),
         };
 
         if let Err(e) = res {
