@@ -158,9 +158,28 @@ impl RaftLogStorage<TestConfig> for HeldLog {
     }
 }
 
-/// The in-memory network: calls go straight to the target's `Raft`.
+/// The in-memory network: calls go straight to the target's `Raft`,
+/// except to or from a member cut off with `isolate`.
 #[derive(Clone, Default)]
-struct Router(Arc<Mutex<HashMap<u64, Raft>>>);
+struct Router {
+    members: Arc<Mutex<HashMap<u64, Raft>>>,
+    isolated: Arc<Mutex<Option<u64>>>,
+    /// The member whose calls this handle makes.
+    from: u64,
+}
+
+impl Router {
+    fn of(&self, from: u64) -> Router {
+        Router {
+            from,
+            ..self.clone()
+        }
+    }
+
+    fn isolate(&self, id: Option<u64>) {
+        *self.isolated.lock().unwrap() = id;
+    }
+}
 
 struct Conn {
     router: Router,
@@ -177,10 +196,20 @@ impl Conn {
         F: std::future::Future<Output = Result<T, E>>,
         E: std::error::Error,
     {
-        let raft = self.router.0.lock().unwrap().get(&self.target).cloned();
-        let Some(raft) = raft else {
-            let e = std::io::Error::other(format!("no member {}", self.target));
-            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        let cut = *self.router.isolated.lock().unwrap();
+        let raft = self
+            .router
+            .members
+            .lock()
+            .unwrap()
+            .get(&self.target)
+            .cloned();
+        let raft = match raft {
+            Some(r) if cut != Some(self.target) && cut != Some(self.router.from) => r,
+            _ => {
+                let e = std::io::Error::other(format!("member {} unreachable", self.target));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
         };
         call(raft)
             .await
@@ -231,6 +260,7 @@ impl RaftNetwork<TestConfig> for Conn {
 }
 
 struct Cluster {
+    router: Router,
     rafts: HashMap<u64, Raft>,
     logs: HashMap<u64, HeldLog>,
 }
@@ -254,13 +284,13 @@ async fn cluster() -> Cluster {
         let raft = Raft::new(
             id,
             config.clone(),
-            router.clone(),
+            router.of(id),
             log.clone(),
             MemSm::default(),
         )
         .await
         .unwrap();
-        router.0.lock().unwrap().insert(id, raft.clone());
+        router.members.lock().unwrap().insert(id, raft.clone());
         rafts.insert(id, raft);
         logs.insert(id, log);
     }
@@ -280,7 +310,11 @@ async fn cluster() -> Cluster {
             .await
             .unwrap();
     }
-    Cluster { rafts, logs }
+    Cluster {
+        router,
+        rafts,
+        logs,
+    }
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -368,5 +402,43 @@ async fn the_leader_counts_toward_the_quorum_only_once_flushed() {
     // The leader's flush makes two of three.
     c.logs[&1].release();
     committed(write, index, "the write commits once the leader flushed it").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_answers_as_follower_only_once_flushed() {
+    let c = cluster().await;
+    c.logs[&1].hold();
+    let (index, write) = c.write_reaching_followers().await;
+    committed(write, index, "the followers commit it").await;
+
+    // Cut member 1 off until 2 or 3 leads a later term, then let it hear.
+    c.router.isolate(Some(1));
+    let mut new_leader = None;
+    until("another member leads", || {
+        new_leader = [2u64, 3]
+            .into_iter()
+            .find(|id| c.rafts[id].metrics().borrow().current_leader == Some(*id));
+        new_leader.is_some()
+    })
+    .await;
+    let new_leader = new_leader.unwrap();
+    c.router.isolate(None);
+
+    // Member 1 learns of the later term but still has an append it made
+    // as leader that is not flushed: it must not act as a follower yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = c.rafts[&1].metrics().borrow().clone();
+    assert_ne!(
+        m.current_leader,
+        Some(new_leader),
+        "followed before its flush"
+    );
+
+    c.logs[&1].release();
+    until("member 1 follows the new leader", || {
+        c.rafts[&1].metrics().borrow().current_leader == Some(new_leader)
+    })
+    .await;
     c.shutdown().await;
 }
