@@ -8,7 +8,9 @@
 //! - `append`: entries are readable on return; `LogFlushed` fires after the
 //!   group fsync that covers them: from the runtime's I/O driver when the log
 //!   is idle (see [`Relay`]), from the WAL's writer thread when its next
-//!   batch already waits.
+//!   batch already waits. A follower's openraft waits for it before it
+//!   acknowledges the entries; the leader's does not wait, and counts its
+//!   own copy toward the quorum only once it fires (`vendor/openraft/OXCD.md`).
 //! - `save_vote`: returns after the vote is fsynced.
 //! - `save_committed`: written with the WAL's next batch (or alone within
 //!   `wal::COMMITTED_DELAY`), durable with the next fsync.
