@@ -132,7 +132,8 @@ pub enum Msg {
     Events {
         watch_id: i64,
         header_rev: i64,
-        events: Vec<Arc<Ev>>,
+        /// Shared by every watcher that takes all of a revision's events.
+        events: Arc<[Arc<Ev>]>,
         prev_kv: bool,
         fragment: bool,
     },
@@ -262,19 +263,23 @@ impl State {
         Some(w)
     }
 
-    /// Offers one revision's events to the synced watchers.
+    /// Offers one revision's events to the synced watchers. A watcher that
+    /// wants every event of the revision (the usual case) gets the one
+    /// shared list: no allocation per watcher.
     fn dispatch(&mut self, rev: i64, events: &[Arc<Ev>]) -> bool {
-        let per = self.matching(events);
+        let all: Arc<[Arc<Ev>]> = events.into();
         let mut fell_behind = false;
-        for (h, evs) in per {
+        for h in self.matching(events) {
             let w = self.watchers.get_mut(&h).expect("synced watcher");
             if rev < w.next_rev {
                 continue; // caught up from the store past this revision
             }
-            let evs: Vec<_> = evs.into_iter().filter(|e| w.spec.wants(e)).collect();
-            if evs.is_empty() {
-                continue;
-            }
+            let wanted = events.iter().filter(|e| w.spec.wants(e)).count();
+            let evs = match wanted {
+                0 => continue,
+                n if n == events.len() => all.clone(),
+                _ => events.iter().filter(|e| w.spec.wants(e)).cloned().collect(),
+            };
             let sink = &self.streams[&w.stream].sink;
             match sink.try_send(Msg::Events {
                 watch_id: w.watch_id,
@@ -302,37 +307,29 @@ impl State {
         fell_behind
     }
 
-    /// The synced watchers one revision's events reach, each with its
-    /// events in order. Most revisions hold one event: that case needs no
-    /// map.
-    fn matching(&self, events: &[Arc<Ev>]) -> Vec<(WatcherHandle, Vec<Arc<Ev>>)> {
+    /// The synced watchers whose key or range one revision's events touch,
+    /// each once. Most revisions hold one event: that case needs no set.
+    fn matching(&self, events: &[Arc<Ev>]) -> Vec<WatcherHandle> {
         if let [ev] = events {
-            let key: &[u8] = ev.kv.key.as_ref();
-            let singles = self.keys.get(key).into_iter().flatten();
-            let ranges = self
-                .ranges
-                .iter()
-                .filter(|(_, spec)| spec.matches(key))
-                .map(|(h, _)| h);
-            return singles
-                .chain(ranges)
-                .map(|h| (*h, vec![ev.clone()]))
-                .collect();
+            return self.touching(&ev.kv.key).collect();
         }
-        let mut per: HashMap<WatcherHandle, Vec<Arc<Ev>>> = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
         for ev in events {
-            if let Some(hs) = self.keys.get(ev.kv.key.as_ref()) {
-                for h in hs {
-                    per.entry(*h).or_default().push(ev.clone());
-                }
-            }
-            for (h, spec) in &self.ranges {
-                if spec.matches(&ev.kv.key) {
-                    per.entry(*h).or_default().push(ev.clone());
-                }
-            }
+            out.extend(self.touching(&ev.kv.key).filter(|h| seen.insert(*h)));
         }
-        per.into_iter().collect()
+        out
+    }
+
+    /// The synced watchers of `key`, then the synced ranges holding it.
+    fn touching<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = WatcherHandle> + 'a {
+        let singles = self.keys.get(key).into_iter().flatten().copied();
+        let ranges = self
+            .ranges
+            .iter()
+            .filter(move |(_, spec)| spec.matches(key))
+            .map(|(h, _)| *h);
+        singles.chain(ranges)
     }
 
     /// etcd `progressIfSync` over one stream: sends when every watcher of the
@@ -754,7 +751,7 @@ fn catch_up_once(shared: &Shared) -> bool {
             continue;
         }
         if w.next_rev <= upto {
-            let evs: Vec<_> = events
+            let evs: Arc<[Arc<Ev>]> = events
                 .iter()
                 .filter(|e| e.revision() >= w.next_rev && w.spec.wants(e))
                 .cloned()
