@@ -244,6 +244,7 @@ pub async fn serve(
         directory,
         log: log_store,
         applied_index,
+        metrics: raft.metrics(),
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
         max_txn_ops: config.max_txn_ops as usize,

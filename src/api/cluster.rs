@@ -18,7 +18,7 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<Member> {
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics.borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let published = self.ctx.directory.read().unwrap();

@@ -98,7 +98,7 @@ async fn health(ctx: &Context, method: &Method, uri: &Uri) -> Response<Body> {
     let serializable = query_values(uri, "serializable")
         .first()
         .is_some_and(|v| v == "true");
-    let reason = if !serializable && ctx.raft.metrics().borrow().current_leader.is_none() {
+    let reason = if !serializable && ctx.metrics.borrow().current_leader.is_none() {
         Some("RAFT NO LEADER".to_string())
     } else {
         read_check(ctx, serializable)

@@ -53,20 +53,20 @@ fn mismatch() -> Status {
 }
 
 /// Runs a lease call where the deadlines are: on this member when it leads
-/// (`call(None, ..)`), else forwarded to the leader (`call(Some(leader), ..)`),
+/// (`call(None, ..)`), else forwarded to the leader
+/// (`call(Some((leader, its record)), ..)`),
 /// as etcd forwards keepalives and TimeToLive over its peer transport.
 /// Retries while leadership moves, up to etcd's request timeout.
 async fn anywhere<T, F, Fut>(ctx: &Context, call: F) -> Result<T, Error>
 where
-    F: Fn(Option<u64>, Member, Duration) -> Fut,
+    F: Fn(Option<(u64, Member)>, Duration) -> Fut,
     Fut: std::future::Future<Output = Result<Result<Result<T, ForwardError>, PeerError>, Error>>,
 {
     let deadline = Instant::now() + ctx.request_timeout;
     loop {
         let (leader, node) = ctx.wait_for_leader(deadline.into_std()).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let target = (leader != ctx.member_id).then_some(leader);
-        match call(target, node, remaining).await {
+        match call(node.map(|n| (leader, n)), remaining).await {
             Ok(Ok(Ok(v))) => return Ok(v),
             // Leadership moved under us: find the new leader and retry.
             Err(Error::NotLeader) | Ok(Ok(Err(_))) => {}
@@ -83,10 +83,8 @@ where
 /// The leader's side of a forwarded keepalive: the granted TTL, 0 for an
 /// unknown lease.
 pub(crate) async fn renew_here(ctx: &Context, id: i64) -> Result<i64, ForwardError> {
-    if ctx.raft.metrics().borrow().current_leader != Some(ctx.member_id) {
-        return Err(ForwardError::NotLeader(
-            ctx.raft.metrics().borrow().current_leader,
-        ));
+    if ctx.metrics.borrow().current_leader != Some(ctx.member_id) {
+        return Err(ForwardError::NotLeader(ctx.metrics.borrow().current_leader));
     }
     match renew(ctx, id).await {
         Ok(ttl) => Ok(ttl),
@@ -101,10 +99,8 @@ pub(crate) async fn time_to_live_here(
     ctx: &Context,
     r: &LeaseTimeToLiveRequest,
 ) -> Result<LeaseTimeToLiveResponse, ForwardError> {
-    if ctx.raft.metrics().borrow().current_leader != Some(ctx.member_id) {
-        return Err(ForwardError::NotLeader(
-            ctx.raft.metrics().borrow().current_leader,
-        ));
+    if ctx.metrics.borrow().current_leader != Some(ctx.member_id) {
+        return Err(ForwardError::NotLeader(ctx.metrics.borrow().current_leader));
     }
     time_to_live_local(ctx, r).await.map_err(|e| match e {
         Error::NotLeader => ForwardError::NotLeader(None),
@@ -153,7 +149,7 @@ async fn wait_primary(ctx: &Context, deadline: Instant) -> Result<(), Error> {
         if ctx.lessor.is_primary() {
             return Ok(());
         }
-        if ctx.raft.metrics().borrow().current_leader != Some(ctx.member_id) {
+        if ctx.metrics.borrow().current_leader != Some(ctx.member_id) {
             return Err(Error::NotLeader);
         }
         if tokio::time::timeout_at(deadline, changed.changed())
@@ -268,7 +264,7 @@ impl Lease for LeaseService {
                 // never past one at which the lease was revoked.
                 let header = Some(ctx.header(ctx.store.current_revision()));
                 let id = r.id;
-                let renewed = anywhere(&ctx, |leader, node, remaining| {
+                let renewed = anywhere(&ctx, |leader, remaining| {
                     let ctx = ctx.clone();
                     async move {
                         match leader {
@@ -276,7 +272,9 @@ impl Lease for LeaseService {
                                 Err(Error::LeaseNotFound) => Ok(Ok(Ok(0))),
                                 other => other.map(|ttl| Ok(Ok(ttl))),
                             },
-                            Some(l) => Ok(ctx.peers.lease_renew(l, &node, id, remaining).await),
+                            Some((l, node)) => {
+                                Ok(ctx.peers.lease_renew(l, &node, id, remaining).await)
+                            }
                         }
                     }
                 })
@@ -306,12 +304,14 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        let mut resp = anywhere(&self.ctx, |leader, node, remaining| {
+        let mut resp = anywhere(&self.ctx, |leader, remaining| {
             let (ctx, r) = (self.ctx.clone(), r);
             async move {
                 match leader {
                     None => time_to_live_local(&ctx, &r).await.map(|v| Ok(Ok(v))),
-                    Some(l) => Ok(ctx.peers.lease_time_to_live(l, &node, &r, remaining).await),
+                    Some((l, node)) => {
+                        Ok(ctx.peers.lease_time_to_live(l, &node, &r, remaining).await)
+                    }
                 }
             }
         })

@@ -47,7 +47,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics.borrow().clone();
         let db_size = self.ctx.store.size_on_disk();
         Ok(Response::new(StatusResponse {
             header: Some(self.ctx.header(self.ctx.store.current_revision())),
@@ -134,7 +134,7 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        let m = self.ctx.raft.metrics().borrow().clone();
+        let m = self.ctx.metrics.borrow().clone();
         // etcd's order: only the leader moves leadership, then the transferee
         // must be a voting member.
         if m.current_leader != Some(self.ctx.member_id) {

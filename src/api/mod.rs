@@ -17,6 +17,7 @@ pub mod watch;
 
 use std::time::{Duration, Instant};
 
+use openraft::RaftMetrics;
 use prost::Message;
 
 use crate::error::Error;
@@ -58,6 +59,10 @@ pub struct Context {
     /// The index of the newest entry the store serves
     /// ([`StateMachine::applied_index`](crate::raft::state_machine::StateMachine::applied_index)).
     pub applied_index: tokio::sync::watch::Receiver<u64>,
+    /// Raft's metrics, read in place by every response header and every
+    /// write and linearizable read: `raft.metrics()` would clone the
+    /// receiver (four reference counts to bump and drop) each time.
+    pub metrics: tokio::sync::watch::Receiver<RaftMetrics<MemberId, Member>>,
     pub cluster_id: u64,
     pub member_id: MemberId,
     pub max_txn_ops: usize,
@@ -77,7 +82,7 @@ impl Context {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.raft.metrics().borrow().current_term,
+            raft_term: self.metrics.borrow().current_term,
         }
     }
 
@@ -123,7 +128,7 @@ impl Context {
                 other => other?,
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if leader == self.member_id {
+            let Some(node) = node else {
                 let write = self.proposer.propose(req);
                 return match tokio::time::timeout(remaining, write).await {
                     Err(_) => Err(Error::Timeout),
@@ -136,7 +141,7 @@ impl Context {
                     }
                     Ok(Err(ForwardError::Stopped)) => Err(Error::Stopped),
                 };
-            }
+            };
             let forwarded = self.forwarder.propose(leader, node, req.clone(), remaining);
             match forwarded.await {
                 Ok(Ok((resp, log_id))) => {
@@ -183,7 +188,7 @@ impl Context {
                     tracing::debug!(error = %e, "publishing member attributes failed; retrying")
                 }
             }
-            if self.raft.metrics().borrow().running_state.is_err() {
+            if self.metrics.borrow().running_state.is_err() {
                 return;
             }
             tokio::time::sleep(pause).await;
@@ -200,9 +205,9 @@ impl Context {
         }
         let deadline = Instant::now() + self.request_timeout;
         loop {
-            let (leader, _) = self.wait_for_leader(deadline).await?;
+            let leader = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let index = if leader == self.member_id {
+            let index = if leader.1.is_none() {
                 match tokio::time::timeout(remaining, self.reads.read_index()).await {
                     Err(_) => return Err(Error::Timeout),
                     Ok(Ok(index)) => Some(index),
@@ -233,26 +238,36 @@ impl Context {
         }
     }
 
-    /// The current leader and its member record, waiting for one to be known.
+    /// The current leader, waiting up to `deadline` for one to be known,
+    /// with its member record when it is another member (the address to
+    /// forward to; `None` when this member leads, which needs no copy of
+    /// it).
     pub(crate) async fn wait_for_leader(
         &self,
         deadline: Instant,
-    ) -> Result<(MemberId, Member), Error> {
-        let mut metrics = self.raft.metrics();
+    ) -> Result<(MemberId, Option<Member>), Error> {
+        let of = |m: &RaftMetrics<MemberId, Member>| match m.current_leader {
+            Some(leader) if leader == self.member_id => Some((leader, None)),
+            _ => known_leader(m).map(|(leader, node)| (leader, Some(node))),
+        };
+        // Read in place: every write and linearizable read comes here, and
+        // cloning all of RaftMetrics (the leader's replication map too) per
+        // request is wasted work.
+        if let Some(found) = of(&self.metrics.borrow()) {
+            return Ok(found);
+        }
+        let mut metrics = self.metrics.clone();
         let known = tokio::time::timeout_at(
             deadline.into(),
             metrics.wait_for(|m| m.current_leader.is_some()),
         )
         .await;
-        // Read in place: every write and linearizable read comes here, and
-        // cloning all of RaftMetrics (the leader's replication map too) per
-        // request is wasted work.
         let m = match known {
             Err(_) => return Err(Error::Timeout),
             Ok(Err(_)) => return Err(Error::Stopped),
             Ok(Ok(m)) => m,
         };
-        known_leader(&m).ok_or(Error::NoLeader)
+        of(&m).ok_or(Error::NoLeader)
     }
 
     /// Waits until the local state machine has applied `index`: every

@@ -106,7 +106,7 @@ impl Watch for WatchService {
 
 impl WatchService {
     fn has_leader(&self) -> bool {
-        self.ctx.raft.metrics().borrow().current_leader.is_some()
+        self.ctx.metrics.borrow().current_leader.is_some()
     }
 }
 
@@ -165,7 +165,7 @@ impl Session {
                 },
                 _ = progress.tick() => self.hub.progress_tick(self.stream),
                 _ = leader_check.tick(), if timers.election.is_some() => {
-                    if self.ctx.raft.metrics().borrow().current_leader.is_none() {
+                    if self.ctx.metrics.borrow().current_leader.is_none() {
                         no_leader += 1;
                     } else {
                         no_leader = 0;
