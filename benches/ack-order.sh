@@ -67,8 +67,11 @@ fi
 
 WORK=$(mktemp -d)
 PID=""
+PERF_PID=""
 cleanup() {
+  [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null || true
   [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
+  wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -91,7 +94,7 @@ one() { # name binary port
     -e syscalls:sys_enter_fsync,syscalls:sys_exit_fsync \
     -e syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg \
     2>/dev/null &
-  local perf_pid=$!
+  PERF_PID=$!
   sleep 1
   timeout 120 "$LOAD_BIN" --endpoints "$ep" put --conns 1 --clients 1 --total "$PUTS" \
     --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUTS" >/dev/null &
@@ -103,7 +106,8 @@ one() { # name binary port
   done
   wait "$timeout_pid" || die "$name: the load generator failed"
   [ -n "$load_pid" ] || die "$name: could not find the load generator's pid"
-  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=""
   kill "$PID"; wait "$PID" 2>/dev/null || true
   perf script -i "$WORK/$name.perf" -F pid,event,trace 2>/dev/null >"$WORK/$name.txt"
   python3 - "$name" "$WORK/$name.txt" "$PUTS" "$PID" "$load_pid" <<'PY'

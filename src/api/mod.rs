@@ -205,9 +205,9 @@ impl Context {
         }
         let deadline = Instant::now() + self.request_timeout;
         loop {
-            let leader = self.wait_for_leader(deadline).await?;
+            let (_, forward_to) = self.wait_for_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let index = if leader.1.is_none() {
+            let index = if forward_to.is_none() {
                 match tokio::time::timeout(remaining, self.reads.read_index()).await {
                     Err(_) => return Err(Error::Timeout),
                     Ok(Ok(index)) => Some(index),
@@ -246,8 +246,14 @@ impl Context {
         &self,
         deadline: Instant,
     ) -> Result<(MemberId, Option<Member>), Error> {
+        // As `known_leader`, but without the copy when this member leads.
         let of = |m: &RaftMetrics<MemberId, Member>| match m.current_leader {
-            Some(leader) if leader == self.member_id => Some((leader, None)),
+            Some(leader)
+                if leader == self.member_id
+                    && m.membership_config.membership().get_node(&leader).is_some() =>
+            {
+                Some((leader, None))
+            }
             _ => known_leader(m).map(|(leader, node)| (leader, Some(node))),
         };
         // Read in place: every write and linearizable read comes here, and
