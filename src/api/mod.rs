@@ -246,15 +246,9 @@ impl Context {
         &self,
         deadline: Instant,
     ) -> Result<(MemberId, Option<Member>), Error> {
-        // As `known_leader`, but without the copy when this member leads.
-        let of = |m: &RaftMetrics<MemberId, Member>| match m.current_leader {
-            Some(leader)
-                if leader == self.member_id
-                    && m.membership_config.membership().get_node(&leader).is_some() =>
-            {
-                Some((leader, None))
-            }
-            _ => known_leader(m).map(|(leader, node)| (leader, Some(node))),
+        let of = |m: &RaftMetrics<MemberId, Member>| {
+            known_leader(m)
+                .map(|(leader, node)| (leader, (leader != self.member_id).then(|| node.clone())))
         };
         // Read in place: every write and linearizable read comes here, and
         // cloning all of RaftMetrics (the leader's replication map too) per

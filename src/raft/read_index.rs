@@ -173,7 +173,9 @@ impl Inner {
         let target = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            known_leader(&m).filter(|(l, _)| *l != m.id)
+            known_leader(&m)
+                .filter(|(l, _)| *l != m.id)
+                .map(|(l, node)| (l, node.clone()))
         };
         let Some((leader, node)) = target else {
             return Ok(Err(ForwardError::NotLeader(None)));

@@ -53,11 +53,12 @@ impl fmt::Display for Member {
 }
 
 /// The leader these metrics know of, with its member record (`None` when no
-/// leader is known, or it is not in the membership).
-pub fn known_leader(m: &openraft::RaftMetrics<MemberId, Member>) -> Option<(MemberId, Member)> {
+/// leader is known, or it is not in the membership). Borrowed: callers copy
+/// the record only when they forward to it.
+pub fn known_leader(m: &openraft::RaftMetrics<MemberId, Member>) -> Option<(MemberId, &Member)> {
     let leader = m.current_leader?;
     let node = m.membership_config.membership().get_node(&leader)?;
-    Some((leader, node.clone()))
+    Some((leader, node))
 }
 
 /// What a member publishes about itself through the log.
