@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Keys and values are shared, not copied, between the store, every
         // watcher an event reaches and the encoder.
         .bytes(".mvccpb.KeyValue")
+        // A watch event is encoded once and its bytes shared by every
+        // watcher's response (src/proto/event.rs).
+        .extern_path(".mvccpb.Event", "crate::proto::mvccpb::Event")
         // The write requests' bytes fields are encoded as byte strings
         // (one length and a copy) instead of serde's default sequence of
         // u8 (a call per byte). bincode writes both the same way, so WAL

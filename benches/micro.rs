@@ -479,11 +479,7 @@ fn proto(c: &mut Criterion) {
         header: header(10_000),
         watch_id: 7,
         events: (0..10)
-            .map(|i| Event {
-                r#type: EventType::Put as i32,
-                kv: Some(kv(i, 9_990 + i as i64)),
-                prev_kv: None,
-            })
+            .map(|i| Event::new(EventType::Put, &kv(i, 9_990 + i as i64), None))
             .collect(),
         ..Default::default()
     };

@@ -233,7 +233,8 @@ async fn run_target(name: &str, bin: &PathBuf, p: &Params) -> Report {
                 let Ok(Ok(Some(r))) = msg else { break };
                 let now = epoch.elapsed().as_micros() as u64;
                 for e in &r.events {
-                    let v = &e.kv.as_ref().unwrap().value;
+                    let (_, kv, _) = e.fields().unwrap();
+                    let v = kv.unwrap().value;
                     let sent = u64::from_be_bytes(v[..8].try_into().unwrap());
                     lat.push(now.saturating_sub(sent));
                 }

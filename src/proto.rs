@@ -5,8 +5,12 @@
 
 #![allow(clippy::all, missing_docs)]
 
+mod event;
+
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    // Written by hand, encoded once for every watcher (see `event.rs`).
+    pub use super::event::{event, Event};
 }
 
 pub mod authpb {

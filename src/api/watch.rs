@@ -438,17 +438,15 @@ fn fragments(wr: WatchResponse, max: usize, out: &mut VecDeque<WatchResponse>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::mvccpb::{Event, KeyValue};
+    use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
     fn ev(i: usize) -> Event {
-        Event {
-            kv: Some(KeyValue {
-                key: format!("k{i}").into(),
-                value: vec![b'x'; 100].into(),
-                ..Default::default()
-            }),
+        let kv = KeyValue {
+            key: format!("k{i}").into(),
+            value: vec![b'x'; 100].into(),
             ..Default::default()
-        }
+        };
+        Event::new(EventType::Put, &kv, None)
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct Ev {
     pub kv: KeyValue,
     /// The key's value just before this event, looked up once on demand.
     prev: OnceLock<Option<KeyValue>>,
+    /// The wire event, encoded once for every watcher that takes it:
+    /// without and with `prev_kv`.
+    wire: OnceLock<Event>,
+    wire_with_prev: OnceLock<Event>,
 }
 
 impl Ev {
@@ -39,6 +43,8 @@ impl Ev {
             delete: change.is_delete,
             kv: change.kv,
             prev: OnceLock::new(),
+            wire: OnceLock::new(),
+            wire_with_prev: OnceLock::new(),
         }
     }
 
@@ -70,21 +76,20 @@ impl Ev {
     }
 
     /// The wire event; `prev_kv` for every event but a create when asked.
+    /// Encoded on first use, then shared.
     pub fn to_proto(&self, store: &Store, with_prev: bool) -> Event {
-        let prev_kv = if with_prev && !self.is_create() {
-            self.prev_kv(store).cloned()
+        let kind = if self.delete {
+            EventType::Delete
         } else {
-            None
+            EventType::Put
         };
-        Event {
-            r#type: if self.delete {
-                EventType::Delete
-            } else {
-                EventType::Put
-            } as i32,
-            kv: Some(self.kv.clone()),
-            prev_kv,
-        }
+        let wire = if with_prev && !self.is_create() {
+            self.wire_with_prev
+                .get_or_init(|| Event::new(kind, &self.kv, self.prev_kv(store)))
+        } else {
+            self.wire.get_or_init(|| Event::new(kind, &self.kv, None))
+        };
+        wire.clone()
     }
 }
 

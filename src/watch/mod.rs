@@ -44,7 +44,9 @@
 //! - The revision of a progress notification is `dispatched`: every event
 //!   at or below it has been handed to the stream before the notification.
 //! - Every event is an `Arc<Ev>` shared by all the watchers it reaches;
-//!   its `prev_kv` is looked up at most once.
+//!   its `prev_kv` is looked up at most once, and its wire form encoded at
+//!   most once with and once without `prev_kv` (`proto/event.rs`): every
+//!   watcher's `WatchResponse` carries the same bytes.
 
 mod hub;
 #[cfg(test)]
