@@ -116,6 +116,7 @@ async fn run(peers: Peers, mut queue: Queue<Queued>) {
                 None => return,
             },
         };
+        queue.gather().await;
         let mut bytes = first.req.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {

@@ -6,13 +6,35 @@
 //! to the leader). A write that finds nothing queued and a slot free goes on
 //! its own, from its caller's task: it would be a batch of one anyway, and
 //! so it skips two task hand-offs. Any other write is queued; the batching
-//! task takes a slot, waits for the first queued write, and sends it with
+//! task takes a slot, waits for the first queued write, lets the tasks
+//! that are already runnable queue theirs ([`gather`]), and sends it with
 //! whatever else is queued by then.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+
+/// Most scheduler passes [`gather`] lets go by.
+const GATHER_YIELDS: usize = 8;
+
+/// Lets the tasks that are already runnable go first, again only while a
+/// pass added work (`count` grew), at most [`GATHER_YIELDS`] times: what
+/// they are about to queue joins the batch (or ReadIndex round) about to
+/// leave instead of the next one. With nothing else runnable it costs one
+/// pass of the scheduler. Used by the batching tasks here and by
+/// [`ReadIndex`](super::read_index::ReadIndex)'s rounds.
+pub(super) async fn gather(count: impl Fn() -> usize) {
+    let mut seen = count();
+    for _ in 0..GATHER_YIELDS {
+        tokio::task::yield_now().await;
+        let now = count();
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
 
 /// The callers' side.
 pub(super) struct Gate<T> {
@@ -94,6 +116,11 @@ impl<T> Queue<T> {
         Some(item)
     }
 
+    /// Waits while the runnable tasks queue more writes (see [`gather`]).
+    pub(super) async fn gather(&self) {
+        gather(|| self.shared.queued.load(Ordering::Acquire)).await
+    }
+
     /// The next queued write if there is one now.
     pub(super) fn try_recv(&mut self) -> Option<T> {
         let item = self.rx.try_recv().ok()?;
@@ -129,5 +156,29 @@ mod tests {
         drop((held, first));
         drop(gate);
         assert_eq!(queue.recv().await, None, "every gate gone");
+    }
+
+    /// Writes from tasks that become runnable while the batching task takes
+    /// its first write join that batch.
+    #[tokio::test(flavor = "current_thread")]
+    async fn gather_lets_runnable_writers_join_the_batch() {
+        let (gate, mut queue) = gate::<u32>(2);
+        gate.queue(0).unwrap();
+        let batcher = tokio::spawn(async move {
+            let first = queue.recv().await.unwrap();
+            queue.gather().await;
+            let mut batch = vec![first];
+            while let Some(next) = queue.try_recv() {
+                batch.push(next);
+            }
+            batch
+        });
+        // Spawned after the batching task: on this single-threaded runtime
+        // they run only once it yields.
+        for i in 1..=5 {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.queue(i).unwrap() });
+        }
+        assert_eq!(batcher.await.unwrap(), vec![0, 1, 2, 3, 4, 5]);
     }
 }

@@ -71,6 +71,7 @@ async fn run(raft: Raft, mut queue: Queue<(Request, Reply)>) {
         let Some(first) = queue.recv().await else {
             return;
         };
+        queue.gather().await;
         let mut bytes = first.0.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {

@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Before it takes a round's readers, the round task lets the tasks that
-//! are already runnable go first ([`gather`]): requests just read off
+//! are already runnable go first (`gate::gather`): requests just read off
 //! their connections join this round instead of starting the next. It
 //! yields again only while a yield brought more readers, so a lone reader
 //! waits one pass of the scheduler. Each round costs peer messages (the
@@ -40,6 +40,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 
+use super::gate::gather;
 use super::network::{ForwardError, PeerError, Peers, ReadIndexResult};
 use super::types::{known_leader, Raft};
 
@@ -63,9 +64,6 @@ struct Inner {
     /// follower reads share one peer call as the leader's share a round.
     remote: Rounds<RemoteReadIndexResult>,
 }
-
-/// Most scheduler passes a round task lets go by to gather readers.
-const GATHER_YIELDS: usize = 8;
 
 /// Readers waiting for the next round, and whether a task runs rounds.
 struct Rounds<T> {
@@ -112,18 +110,10 @@ impl<T: Clone> Rounds<T> {
         }
     }
 
-    /// Lets the runnable tasks go first while each pass brings readers, at
-    /// most [`GATHER_YIELDS`] times (see the module docs).
+    /// Lets the runnable tasks go first while each pass brings readers
+    /// (see the module docs and `gate::gather`).
     async fn gather(&self) {
-        let mut seen = self.waiting();
-        for _ in 0..GATHER_YIELDS {
-            tokio::task::yield_now().await;
-            let now = self.waiting();
-            if now == seen {
-                return;
-            }
-            seen = now;
-        }
+        gather(|| self.waiting()).await
     }
 
     /// The readers the next round answers; `None` (and the task stops) when
