@@ -78,18 +78,11 @@ impl Event {
             let (tag, wire_type) = encoding::decode_key(&mut buf)?;
             match tag {
                 TAG_TYPE => encoding::int32::merge(wire_type, &mut kind, &mut buf, ctx.clone())?,
-                TAG_KV => encoding::message::merge(
-                    wire_type,
-                    kv.get_or_insert_with(KeyValue::default),
-                    &mut buf,
-                    ctx.clone(),
-                )?,
-                TAG_PREV_KV => encoding::message::merge(
-                    wire_type,
-                    prev.get_or_insert_with(KeyValue::default),
-                    &mut buf,
-                    ctx.clone(),
-                )?,
+                TAG_KV | TAG_PREV_KV => {
+                    let field = if tag == TAG_KV { &mut kv } else { &mut prev };
+                    let field = field.get_or_insert_with(KeyValue::default);
+                    encoding::message::merge(wire_type, field, &mut buf, ctx.clone())?
+                }
                 _ => encoding::skip_field(wire_type, tag, &mut buf, ctx.clone())?,
             }
         }

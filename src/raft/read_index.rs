@@ -220,25 +220,40 @@ mod tests {
 
     use super::*;
 
+    /// Runs `rounds` on a task, round n answering n; the first round stays
+    /// open until `hold` fires, when given. Returns the rounds started.
+    fn run_rounds(
+        rounds: &Arc<Rounds<usize>>,
+        hold: Option<oneshot::Receiver<()>>,
+    ) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+        let started = Arc::new(AtomicUsize::new(0));
+        let hold = Arc::new(tokio::sync::Mutex::new(hold));
+        let (rounds, count) = (rounds.clone(), started.clone());
+        let runner = tokio::spawn(async move {
+            rounds
+                .run(|| {
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    let hold = hold.clone();
+                    async move {
+                        if let Some(h) = hold.lock().await.take() {
+                            let _ = h.await;
+                        }
+                        n
+                    }
+                })
+                .await
+        });
+        (started, runner)
+    }
+
     /// Readers that become runnable while a round task starts join its
     /// first round instead of waiting for a second.
     #[tokio::test(flavor = "current_thread")]
     async fn a_round_gathers_the_readers_already_runnable() {
         let rounds = Arc::new(Rounds::<usize>::new());
-        let started = Arc::new(AtomicUsize::new(0));
         let (first, start) = rounds.join();
         assert!(start);
-        let runner = {
-            let (rounds, started) = (rounds.clone(), started.clone());
-            tokio::spawn(async move {
-                rounds
-                    .run(|| {
-                        let n = started.fetch_add(1, Ordering::SeqCst) + 1;
-                        async move { n }
-                    })
-                    .await
-            })
-        };
+        let (started, runner) = run_rounds(&rounds, None);
         // Spawned after the round task: on this single-threaded runtime
         // they run only once it yields.
         let others: Vec<_> = (0..5)
@@ -264,28 +279,9 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_later_reader_gets_the_next_round() {
         let rounds = Arc::new(Rounds::<usize>::new());
-        let started = Arc::new(AtomicUsize::new(0));
         let (first, _) = rounds.join();
-        let (release, hold) = tokio::sync::oneshot::channel::<()>();
-        let hold = Arc::new(tokio::sync::Mutex::new(Some(hold)));
-        let runner = {
-            let (rounds, started) = (rounds.clone(), started.clone());
-            tokio::spawn(async move {
-                rounds
-                    .run(|| {
-                        let n = started.fetch_add(1, Ordering::SeqCst) + 1;
-                        let hold = hold.clone();
-                        async move {
-                            // The first round stays open until released.
-                            if let Some(h) = hold.lock().await.take() {
-                                let _ = h.await;
-                            }
-                            n
-                        }
-                    })
-                    .await
-            })
-        };
+        let (release, hold) = oneshot::channel::<()>();
+        let (started, runner) = run_rounds(&rounds, Some(hold));
         while started.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
