@@ -83,8 +83,9 @@ where
 /// The leader's side of a forwarded keepalive: the granted TTL, 0 for an
 /// unknown lease.
 pub(crate) async fn renew_here(ctx: &Context, id: i64) -> Result<i64, ForwardError> {
-    if ctx.metrics.borrow().current_leader != Some(ctx.member_id) {
-        return Err(ForwardError::NotLeader(ctx.metrics.borrow().current_leader));
+    let leader = ctx.metrics.borrow().current_leader;
+    if leader != Some(ctx.member_id) {
+        return Err(ForwardError::NotLeader(leader));
     }
     match renew(ctx, id).await {
         Ok(ttl) => Ok(ttl),
@@ -99,8 +100,9 @@ pub(crate) async fn time_to_live_here(
     ctx: &Context,
     r: &LeaseTimeToLiveRequest,
 ) -> Result<LeaseTimeToLiveResponse, ForwardError> {
-    if ctx.metrics.borrow().current_leader != Some(ctx.member_id) {
-        return Err(ForwardError::NotLeader(ctx.metrics.borrow().current_leader));
+    let leader = ctx.metrics.borrow().current_leader;
+    if leader != Some(ctx.member_id) {
+        return Err(ForwardError::NotLeader(leader));
     }
     time_to_live_local(ctx, r).await.map_err(|e| match e {
         Error::NotLeader => ForwardError::NotLeader(None),

@@ -38,11 +38,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
-use tokio::sync::oneshot;
+use openraft::RaftMetrics;
+use tokio::sync::{oneshot, watch};
 
 use super::gate::gather;
 use super::network::{ForwardError, PeerError, Peers, ReadIndexResult};
-use super::types::{known_leader, Raft};
+use super::types::{known_leader, Member, MemberId, Raft};
 
 /// A follower's answer: the leader's, or why it could not be asked.
 pub type RemoteReadIndexResult = Result<ReadIndexResult, PeerError>;
@@ -58,6 +59,9 @@ struct Inner {
     /// Longest wait for one round: a round that never ends must not hold
     /// every later reader behind it.
     round_timeout: Duration,
+    /// Raft's metrics, read in place to find the leader for each remote
+    /// round (`raft.metrics()` would clone the receiver every round).
+    metrics: watch::Receiver<RaftMetrics<MemberId, Member>>,
     /// This member's own rounds, as the leader.
     local: Rounds<ReadIndexResult>,
     /// This member's requests to the leader, as a follower: concurrent
@@ -138,6 +142,7 @@ impl ReadIndex {
     pub fn new(raft: Raft, peers: Peers, round_timeout: Duration) -> ReadIndex {
         ReadIndex {
             inner: Arc::new(Inner {
+                metrics: raft.metrics(),
                 raft,
                 peers,
                 round_timeout,
@@ -199,8 +204,7 @@ impl Inner {
     /// leader's read index covers every write acknowledged before it.
     async fn remote_round(&self) -> RemoteReadIndexResult {
         let target = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = self.metrics.borrow();
             known_leader(&m)
                 .filter(|(l, _)| *l != m.id)
                 .map(|(l, node)| (l, node.clone()))

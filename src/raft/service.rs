@@ -99,11 +99,9 @@ impl Peer for PeerService {
 
     async fn propose(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let write: Write = self.open(req)?;
-        let is_leader = self.raft.metrics().borrow().current_leader == Some(self.member_id);
-        let result: ProposeResult = if !is_leader {
-            Err(ForwardError::NotLeader(
-                self.raft.metrics().borrow().current_leader,
-            ))
+        let leader = self.raft.metrics().borrow().current_leader;
+        let result: ProposeResult = if leader != Some(self.member_id) {
+            Err(ForwardError::NotLeader(leader))
         } else {
             self.proposer.propose(write).await
         };
