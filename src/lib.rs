@@ -19,6 +19,7 @@
 //! server is a one-member cluster, never a separate code path.
 
 pub mod api;
+pub mod backup;
 pub mod channel;
 pub mod cluster;
 pub mod coalesce;

@@ -48,8 +48,11 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 async fn main() -> std::process::ExitCode {
     // `oxcd probe ...`: the health check of images without curl (src/probe.rs).
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("probe") {
-        return oxcd::probe::main(args).await;
+    match args.next().as_deref() {
+        Some("probe") => return oxcd::probe::main(args).await,
+        // `oxcd snapshot restore|status ...`: etcdutl's snapshot commands (src/backup.rs).
+        Some("snapshot") => return oxcd::backup::main(args),
+        _ => {}
     }
     let config = Config::parse();
     init_tracing(&config);

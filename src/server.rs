@@ -247,6 +247,7 @@ pub async fn serve(
         metrics: raft.metrics(),
         cluster_id: boot.cluster_id,
         member_id: boot.member_id,
+        data_dir: data_dir.clone(),
         max_txn_ops: config.max_txn_ops as usize,
         unsafe_no_read_barrier: config.unsafe_no_read_barrier,
         max_request_bytes: config.max_request_bytes as usize,

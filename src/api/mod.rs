@@ -65,6 +65,8 @@ pub struct Context {
     pub metrics: tokio::sync::watch::Receiver<RaftMetrics<MemberId, Member>>,
     pub cluster_id: u64,
     pub member_id: MemberId,
+    /// `--data-dir`: Maintenance.Snapshot stages its backup here.
+    pub data_dir: std::path::PathBuf,
     pub max_txn_ops: usize,
     /// TEST ONLY (hidden `--unsafe-no-read-barrier`): skip `read_barrier`.
     pub unsafe_no_read_barrier: bool,

@@ -608,6 +608,52 @@ fn read_record(r: &mut impl Read) -> Result<SnapRecord, StorageError> {
     bincode::deserialize_from(r).map_err(|e| codec(*e))
 }
 
+/// What a snapshot stream holds, read without installing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Key revisions (puts and tombstones) in the stream.
+    pub revisions: u64,
+    pub leases: u64,
+    /// Whether Raft's applied meta came with it.
+    pub has_applied_meta: bool,
+}
+
+/// Reads a stream written by [`Snapshot::write_to`] to its end record,
+/// checking its shape as [`Store::install_snapshot`] does.
+pub fn read_snapshot_summary(r: &mut impl Read) -> Result<SnapshotSummary, StorageError> {
+    let mut summary = match read_record(r)? {
+        SnapRecord::Header {
+            magic,
+            revision,
+            compact_revision,
+            applied_meta,
+        } if magic == SNAPSHOT_MAGIC => SnapshotSummary {
+            revision,
+            compact_revision,
+            revisions: 0,
+            leases: 0,
+            has_applied_meta: applied_meta.is_some(),
+        },
+        _ => return Err(StorageError::Corrupt("not an mvcc snapshot".into())),
+    };
+    loop {
+        match read_record(r)? {
+            SnapRecord::Header { .. } => {
+                return Err(StorageError::Corrupt("second snapshot header".into()))
+            }
+            SnapRecord::Lease { .. } => summary.leases += 1,
+            SnapRecord::Rev { rev, .. } => {
+                Revision::from_bytes(&rev)
+                    .ok_or_else(|| StorageError::Corrupt("bad snapshot revision".into()))?;
+                summary.revisions += 1;
+            }
+            SnapRecord::End => return Ok(summary),
+        }
+    }
+}
+
 /// A logical snapshot at [`Snapshot::revision`]: the revisions at or below
 /// it (immutable but for compaction, which pauses while this lives), the
 /// compact revision, leases and Raft's applied meta as of that revision.
@@ -630,6 +676,14 @@ impl Snapshot {
     /// Raft's applied meta captured with the snapshot.
     pub fn applied_meta(&self) -> Option<&[u8]> {
         self.applied_meta.as_deref()
+    }
+
+    /// Leaves Raft's applied meta out of the stream: a backup restored into
+    /// a new cluster starts a new log, so the old log position and
+    /// membership must not come with it.
+    pub fn without_applied_meta(mut self) -> Snapshot {
+        self.applied_meta = None;
+        self
     }
 
     /// Stream the snapshot; reads sled lazily, holds no lock but the read

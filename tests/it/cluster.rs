@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use crate::support::{
-    grpc_status, json, ok_stdout, target, Member, Target, TestCluster, ELECTION_MS,
+    all_keys, grpc_status, json, ok_stdout, target, Member, Target, TestCluster, ELECTION_MS,
 };
 
 /// Bound on waiting for a (new) leader.
@@ -62,30 +62,12 @@ type KvState = (Vec<u8>, i64, i64, i64, i64);
 /// Everything a member holds, read locally (serializable): its revision and
 /// every key.
 async fn dump(m: &Member) -> (i64, BTreeMap<Vec<u8>, KvState>) {
-    let mut c = m.client().await;
-    let r = c
-        .get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_serializable()),
-        )
+    let (kvs, rev) = all_keys(&mut m.client().await, 0)
         .await
         .unwrap_or_else(|e| panic!("serializable dump of {}: {e}\n{}", m.name(), m.logs()));
-    let rev = r.header().unwrap().revision();
-    let kvs = r
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key().to_vec(),
-                (
-                    kv.value().to_vec(),
-                    kv.create_revision(),
-                    kv.mod_revision(),
-                    kv.version(),
-                    kv.lease(),
-                ),
-            )
-        })
+    let kvs = kvs
+        .into_iter()
+        .map(|(k, v, create, modr, version, lease)| (k, (v, create, modr, version, lease)))
         .collect();
     (rev, kvs)
 }

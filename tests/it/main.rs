@@ -4,6 +4,7 @@
 //! `OXCD_TEST_TARGET=etcd cargo test --test it` runs the same suite against
 //! the reference etcd 3.5; every expectation here was checked that way first.
 
+mod backup;
 mod cluster;
 mod compose;
 mod deploy;

@@ -23,7 +23,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, TlsOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, TlsOptions};
 
 /// How long a server may take to answer its first request.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -217,6 +217,21 @@ impl TestServer {
     /// Starts a server with extra flags and waits until it answers.
     pub async fn start_with(opts: StartOptions) -> TestServer {
         Self::start_new(Self::new(opts)).await
+    }
+
+    /// Restores `snapshot` (`snapshot_tool`) into a new server's data dir,
+    /// as its only member, then starts it there.
+    pub async fn start_restored(snapshot: &Path) -> TestServer {
+        let s = Self::new(StartOptions::default());
+        restore_into(
+            snapshot,
+            &s.data_dir(),
+            &s.name,
+            &format!("{}={}", s.name, s.peer_url()),
+            "etcd-cluster",
+            &s.peer_url(),
+        );
+        Self::start_new(s).await
     }
 
     /// Starts `target`'s server whatever `OXCD_TEST_TARGET` says, for tests
@@ -521,6 +536,35 @@ pub async fn current_rev(c: &mut Client) -> i64 {
 // padded base64, as Go's encoding/json writes []byte.
 
 /// Parses etcdctl's JSON output; panics with the text if it is not JSON.
+/// One key as a client sees it: key, value, create and mod revision,
+/// version, lease.
+pub type KvRow = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+
+/// Every key at `rev` (0: current), read serializably (the member's own
+/// store), in key order; and the header's revision.
+pub async fn all_keys(c: &mut Client, rev: i64) -> Result<(Vec<KvRow>, i64), etcd_client::Error> {
+    let opts = GetOptions::new()
+        .with_all_keys()
+        .with_revision(rev)
+        .with_serializable();
+    let r = c.get("", Some(opts)).await?;
+    let kvs = r
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.value().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        })
+        .collect();
+    Ok((kvs, r.header().unwrap().revision()))
+}
+
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
 }
@@ -881,6 +925,54 @@ impl Drop for Member {
     }
 }
 
+/// The selected target's offline snapshot tool: `oxcd snapshot ...` or
+/// etcd's `etcdutl snapshot ...` (same subcommands and flags).
+pub fn snapshot_tool(args: &[&str]) -> Output {
+    let mut cmd = match target() {
+        Target::Oxcd => Command::new(env!("CARGO_BIN_EXE_oxcd")),
+        Target::Etcd => Command::new(find_tool("ETCDUTL", "etcdutl")),
+    };
+    cmd.arg("snapshot")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_bounded(cmd, "", ETCDCTL_TIMEOUT)
+}
+
+/// `snapshot restore FILE` into `data_dir` for member `name` of a new
+/// cluster; panics with the tool's output if it fails.
+fn restore_into(
+    snapshot: &Path,
+    data_dir: &Path,
+    name: &str,
+    initial_cluster: &str,
+    token: &str,
+    peer_url: &str,
+) {
+    let out = snapshot_tool(&[
+        "restore",
+        snapshot.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-token",
+        token,
+        "--initial-advertise-peer-urls",
+        peer_url,
+    ]);
+    assert!(
+        out.status.success(),
+        "snapshot restore into {} failed: {}{}",
+        data_dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs etcdctl with `--endpoints=<endpoints>` (comma-separated).
 pub fn etcdctl_at(endpoints: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(etcdctl_bin());
@@ -926,12 +1018,28 @@ impl TestCluster {
         advertised: Option<&[u16]>,
         on_spawn: &dyn Fn(&TestCluster),
     ) -> TestCluster {
+        Self::start_inner(n, args, advertised, on_spawn, None).await
+    }
+
+    /// `n` members, each started on a data dir restored from `snapshot`
+    /// (`snapshot_tool`) with its own name and the new cluster's flags.
+    pub async fn start_restored(n: usize, snapshot: &Path) -> TestCluster {
+        Self::start_inner(n, &[], None, &|_| (), Some(snapshot)).await
+    }
+
+    async fn start_inner(
+        n: usize,
+        args: &[&str],
+        advertised: Option<&[u16]>,
+        on_spawn: &dyn Fn(&TestCluster),
+        restore_from: Option<&Path>,
+    ) -> TestCluster {
         assert!(n >= 1 && n % 2 == 1, "odd-sized clusters only, not {n}");
         // Ports are picked then released, so another process can take one
         // before the member binds it: start over with new ports when that is
         // why startup failed.
         for attempt in 1..=3 {
-            let mut c = Self::spawn(n, args, advertised);
+            let mut c = Self::spawn(n, args, advertised, restore_from);
             on_spawn(&c);
             match c.wait_all_ready(CLUSTER_READY_TIMEOUT).await {
                 Ok(()) => return c,
@@ -952,7 +1060,12 @@ impl TestCluster {
         unreachable!()
     }
 
-    fn spawn(n: usize, args: &[&str], advertised: Option<&[u16]>) -> TestCluster {
+    fn spawn(
+        n: usize,
+        args: &[&str],
+        advertised: Option<&[u16]>,
+        restore_from: Option<&Path>,
+    ) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("oxcd-it-cluster-")
             .tempdir()
@@ -993,6 +1106,17 @@ impl TestCluster {
             })
             .collect();
         for m in &mut members {
+            if let Some(snapshot) = restore_from {
+                std::fs::create_dir_all(&m.dir).unwrap();
+                restore_into(
+                    snapshot,
+                    &m.data_dir(),
+                    &m.name,
+                    &m.initial_cluster,
+                    &m.token,
+                    &m.advertised_peer_url(),
+                );
+            }
             m.start();
         }
         TestCluster {

@@ -1,0 +1,563 @@
+//! Backups as etcd takes and restores them: `Maintenance.Snapshot` streams
+//! one (what `etcdctl snapshot save` writes to a file), `oxcd snapshot
+//! restore` turns one into the data dir of a member of a new cluster (as
+//! `etcdutl snapshot restore` does) and `oxcd snapshot status` checks one and
+//! says what it holds.
+//!
+//! ```text
+//! oxcd snapshot restore FILE [--data-dir DIR] [--name NAME] [--initial-cluster ...]
+//!                            [--initial-cluster-token TOKEN] [--initial-advertise-peer-urls URLS]
+//! oxcd snapshot status FILE [-w simple|table|json]
+//! ```
+//!
+//! The file has etcd's shape and oxcd's contents: a payload, padded with
+//! zeros to a multiple of 512 bytes as a bbolt file is, then the SHA-256 of
+//! the payload, the 32 bytes that etcd's server sends as the stream's last
+//! message and that its clients and restore check. The payload is
+//! [`MAGIC`] and the MVCC store's logical snapshot at one revision (every
+//! revision not compacted, the compaction point, the leases), without
+//! Raft's applied state: a restored member starts a new cluster with a new
+//! log, as etcd's restore does. etcd's bbolt snapshots and oxcd's backups
+//! are not interchangeable; each tool refuses the other's file and says so.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use sha2::{Digest, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::cluster::Bootstrap;
+use crate::config::{Config, ETCD_CLUSTER_VERSION};
+use crate::error::Error;
+use crate::mvcc::{self, StorageError, Store};
+use crate::proto::etcdserverpb::SnapshotResponse;
+
+/// The first bytes of every backup's payload.
+pub const MAGIC: &[u8; 16] = b"oxcd-backup-v1\n\0";
+/// The SHA-256 of the payload ends the file.
+pub const SHA_LEN: usize = 32;
+/// Bytes per SnapshotResponse, as etcd's `snapshotSendBufferSize`.
+pub const CHUNK: usize = 32 * 1024;
+
+/// etcd's clients take a download for a snapshot only if its length is 32
+/// more than a multiple of 512 (a bbolt file's pages, then the SHA-256):
+/// the payload is padded with zeros to a multiple of this.
+pub const PAD_TO: u64 = 512;
+
+/// Writes a backup payload of `store` at its current revision to `w` and
+/// returns that revision. Holds compaction back while it writes; writers
+/// and readers go on.
+pub fn write_payload(store: &Store, w: &mut impl Write) -> Result<i64, StorageError> {
+    let snapshot = store.snapshot()?.without_applied_meta();
+    let mut w = Counting { inner: w, n: 0 };
+    w.write_all(MAGIC)?;
+    snapshot.write_to(&mut w)?;
+    let pad = (PAD_TO - w.n % PAD_TO) % PAD_TO;
+    w.write_all(&vec![0; pad as usize])?;
+    Ok(snapshot.revision())
+}
+
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The payload, in an unnamed file in `dir` (gone when dropped), read from
+/// its start; with its length and revision. A snapshot install from the
+/// leader that replaces the store meanwhile voids a write; it is retried.
+fn payload_file(store: &Store, dir: &Path) -> Result<(File, u64, i64), StorageError> {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1.. {
+        let mut w = BufWriter::new(tempfile::tempfile_in(dir)?);
+        match write_payload(store, &mut w) {
+            Ok(revision) => {
+                let mut f = w.into_inner().map_err(|e| e.into_error())?;
+                let len = f.stream_position()?;
+                f.seek(SeekFrom::Start(0))?;
+                return Ok((f, len, revision));
+            }
+            Err(StorageError::SnapshotSuperseded) if attempt < ATTEMPTS => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Serves `Maintenance.Snapshot`: the payload is written to a temporary
+/// file in `dir` first (so compaction waits only for the store's pace, not
+/// the client's, and `remaining_bytes` is exact), then sent in [`CHUNK`]s
+/// and followed by its SHA-256, as etcd sends its database.
+pub fn serve(store: Store, dir: PathBuf) -> ReceiverStream<Result<SnapshotResponse, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = send(&store, &dir, &tx) {
+            tracing::warn!(error = %e, "sending a snapshot failed");
+            let _ = tx.blocking_send(Err(Error::internal(e).into()));
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+type Sender = tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>;
+
+fn send(store: &Store, dir: &Path, tx: &Sender) -> Result<(), StorageError> {
+    let (mut file, total, revision) = payload_file(store, dir)?;
+    tracing::info!(
+        revision,
+        total_bytes = total,
+        "sending a snapshot to a client"
+    );
+    let response = |remaining_bytes, blob| SnapshotResponse {
+        header: None,
+        remaining_bytes,
+        blob,
+        version: ETCD_CLUSTER_VERSION.to_string(),
+    };
+    let mut sha = Sha256::new();
+    let mut sent = 0u64;
+    while sent < total {
+        let mut blob = vec![0; (total - sent).min(CHUNK as u64) as usize];
+        file.read_exact(&mut blob)?;
+        sent += blob.len() as u64;
+        sha.update(&blob);
+        if tx.blocking_send(Ok(response(total - sent, blob))).is_err() {
+            tracing::info!(revision, sent, "snapshot client went away");
+            return Ok(());
+        }
+    }
+    let _ = tx.blocking_send(Ok(response(0, sha.finalize().to_vec())));
+    tracing::info!(revision, total_bytes = total, "sent a snapshot");
+    Ok(())
+}
+
+/// Checks a backup file: its SHA-256 trailer and its magic. Returns the
+/// payload's length (the file's, less the trailer).
+pub fn verify(path: &Path) -> anyhow::Result<u64> {
+    let mut f =
+        BufReader::new(File::open(path).with_context(|| format!("open {}", path.display()))?);
+    let len = f.get_ref().metadata()?.len();
+    // etcd's rule for whether a file ends in its hash.
+    if len % PAD_TO != SHA_LEN as u64 || len < PAD_TO {
+        bail!(
+            "{}: snapshot missing hash ({len} bytes is not 32 past a multiple of 512: cut short?)",
+            path.display()
+        );
+    }
+    let mut magic = [0u8; MAGIC.len()];
+    f.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        bail!(
+            "{}: not an oxcd snapshot (etcd's bbolt snapshots cannot be restored by oxcd)",
+            path.display()
+        );
+    }
+    let payload = len - SHA_LEN as u64;
+    let mut sha = Sha256::new();
+    sha.update(magic);
+    std::io::copy(
+        &mut (&mut f).take(payload - MAGIC.len() as u64),
+        &mut ShaWriter(&mut sha),
+    )?;
+    let mut want = [0u8; SHA_LEN];
+    f.read_exact(&mut want)?;
+    let got = sha.finalize();
+    if got.as_slice() != want {
+        // etcdutl's words, with the file named.
+        bail!(
+            "{}: expected sha256 {}, got {}",
+            path.display(),
+            go_bytes(&want),
+            go_bytes(&got)
+        );
+    }
+    Ok(payload)
+}
+
+/// A byte slice as Go's `%v` prints it (`[1 237 102]`), as etcdutl does.
+fn go_bytes(bytes: &[u8]) -> String {
+    let parts: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
+    format!("[{}]", parts.join(" "))
+}
+
+struct ShaWriter<'a>(&'a mut Sha256);
+
+impl Write for ShaWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The payload's MVCC stream (past the magic), up to the trailer.
+fn open_payload(path: &Path, payload: u64) -> anyhow::Result<std::io::Take<BufReader<File>>> {
+    let mut f = BufReader::new(File::open(path)?);
+    f.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+    Ok(f.take(payload - MAGIC.len() as u64))
+}
+
+/// After the MVCC stream's end record: only the padding, zeros.
+fn check_padding(r: &mut impl Read) -> anyhow::Result<()> {
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)?;
+    if rest.len() as u64 >= PAD_TO || rest.iter().any(|&b| b != 0) {
+        bail!(
+            "{} unexpected bytes after the snapshot's end record",
+            rest.len()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oxcd snapshot",
+    about = "Restore or check a snapshot taken with `etcdctl snapshot save`"
+)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    command: SnapshotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Make a new member's data dir from a snapshot (as `etcdutl snapshot restore`).
+    Restore(RestoreArgs),
+    /// Check a snapshot and print its hash, revision, keys and size (as `etcdutl snapshot status`).
+    Status(StatusArgs),
+}
+
+/// etcdutl's flags and defaults, but for the data dir's (oxcd's `<name>.oxcd`).
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
+    /// The data dir to create (default: `<name>.oxcd`); it must not exist.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// This member's name in `--initial-cluster`.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// The new cluster's members, `name=peerURL,...`.
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// The new cluster's token.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
+    /// Output format: simple, table or json.
+    #[arg(short = 'w', long = "write-out", default_value = "simple")]
+    pub write_out: String,
+}
+
+/// `oxcd snapshot ...` with `args` (without the `snapshot` word itself).
+pub fn main(args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    let args = SnapshotArgs::parse_from(std::iter::once("oxcd snapshot".to_string()).chain(args));
+    let result = match args.command {
+        SnapshotCommand::Restore(a) => restore(&a).map(|r| {
+            println!(
+                "restored snapshot at revision {} into {} (member {:x} of cluster {:x})",
+                r.revision,
+                r.data_dir.display(),
+                r.member_id,
+                r.cluster_id
+            )
+        }),
+        SnapshotCommand::Status(a) => status(&a).map(|s| print!("{s}")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a restore made.
+#[derive(Debug)]
+pub struct Restored {
+    pub data_dir: PathBuf,
+    pub revision: i64,
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+/// Checks the snapshot and the new cluster's flags, then builds the data
+/// dir beside its final path and renames it into place, so a failed or
+/// interrupted restore never leaves a data dir a member would start from.
+/// The member is then started with the same flags; it forms the new
+/// cluster with the others restored from the same file.
+pub fn restore(a: &RestoreArgs) -> anyhow::Result<Restored> {
+    // The same parsing and checks as the server's own start-up.
+    let config = Config::try_parse_from([
+        "oxcd",
+        "--name",
+        &a.name,
+        "--initial-cluster",
+        &a.initial_cluster,
+        "--initial-cluster-token",
+        &a.initial_cluster_token,
+        "--initial-advertise-peer-urls",
+        &a.initial_advertise_peer_urls,
+    ])?;
+    let boot = Bootstrap::from_config(&config).map_err(anyhow::Error::msg)?;
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| config.data_dir());
+    // As etcdutl 3.5: an empty dir may be restored into, nothing else.
+    if data_dir.exists() && !is_empty_dir(&data_dir) {
+        bail!(
+            "data-dir {:?} not empty or could not be read",
+            data_dir.display().to_string()
+        );
+    }
+    let payload = verify(&a.file)?;
+    let mut tmp = data_dir.clone().into_os_string();
+    tmp.push(".restoring");
+    let tmp = PathBuf::from(tmp);
+    if tmp.exists() {
+        // Left by an interrupted restore: never renamed, never used.
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("remove {}", tmp.display()))?;
+    }
+    let built = (|| -> anyhow::Result<i64> {
+        std::fs::create_dir_all(&tmp)?;
+        let store = Store::open(&tmp.join("db")).context("create the MVCC store")?;
+        let mut r = open_payload(&a.file, payload)?;
+        store
+            .install_snapshot(&mut r)
+            .context("install the snapshot")?;
+        check_padding(&mut r)?;
+        store.flush()?;
+        Ok(store.current_revision())
+    })();
+    let revision = match built {
+        Ok(revision) => revision,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!("restore {}", a.file.display())));
+        }
+    };
+    // rename(2) replaces an empty directory.
+    std::fs::rename(&tmp, &data_dir)
+        .with_context(|| format!("rename {} to {}", tmp.display(), data_dir.display()))?;
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(Restored {
+        data_dir,
+        revision,
+        cluster_id: boot.cluster_id,
+        member_id: boot.member_id,
+    })
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// etcdutl's `snapshot status` columns, after the SHA-256 check (which
+/// etcdutl's status skips). The hash is the CRC-32C of the payload (etcd's
+/// is a CRC-32 of its bbolt buckets); total keys are the key revisions and
+/// leases stored; the size is the payload's, without the SHA-256.
+pub fn status(a: &StatusArgs) -> anyhow::Result<String> {
+    let payload = verify(&a.file)?;
+    let mut r = open_payload(&a.file, payload)?;
+    let summary = mvcc::read_snapshot_summary(&mut r)
+        .with_context(|| format!("read {}", a.file.display()))?;
+    check_padding(&mut r)?;
+    let mut crc = 0u32;
+    let mut f = BufReader::new(File::open(&a.file)?).take(payload);
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    }
+    let total_keys = summary.revisions + summary.leases;
+    // As etcd's, the size of what the hash covers.
+    let size = payload;
+    Ok(match a.write_out.as_str() {
+        "simple" => format!(
+            "{crc:x}, {}, {total_keys}, {}\n",
+            summary.revision,
+            human_bytes(size)
+        ),
+        "table" => {
+            let row = [
+                format!("{crc:x}"),
+                summary.revision.to_string(),
+                total_keys.to_string(),
+                human_bytes(size),
+            ];
+            let head = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
+            let w: Vec<usize> = (0..4).map(|i| head[i].len().max(row[i].len())).collect();
+            let line = format!(
+                "+{}+\n",
+                w.iter()
+                    .map(|n| "-".repeat(n + 2))
+                    .collect::<Vec<_>>()
+                    .join("+")
+            );
+            let cells = |c: &[String]| {
+                format!(
+                    "|{}|\n",
+                    (0..4)
+                        .map(|i| format!(" {:>width$} ", c[i], width = w[i]))
+                        .collect::<Vec<_>>()
+                        .join("|")
+                )
+            };
+            let head: Vec<String> = head.iter().map(|h| h.to_string()).collect();
+            format!("{line}{}{line}{}{line}", cells(&head), cells(&row))
+        }
+        "json" => format!(
+            "{{\"hash\":{crc},\"revision\":{},\"totalKey\":{total_keys},\"totalSize\":{size}}}\n",
+            summary.revision
+        ),
+        other => bail!("unknown output format {other:?} (simple, table or json)"),
+    })
+}
+
+/// go-humanize's `Bytes`, which etcdutl prints sizes with: SI units, one
+/// decimal below 10.
+fn human_bytes(n: u64) -> String {
+    if n < 10 {
+        return format!("{n} B");
+    }
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let e = ((n as f64).ln() / 1000f64.ln()).floor() as usize;
+    let v = ((n as f64 / 1000f64.powi(e as i32)) * 10.0 + 0.5).floor() / 10.0;
+    if v < 10.0 {
+        format!("{v:.1} {}", units[e])
+    } else {
+        format!("{v:.0} {}", units[e])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `payload` and its SHA-256, in `dir`.
+    fn file_with_hash(dir: &Path, payload: &[u8]) -> PathBuf {
+        let path = dir.join("f.db");
+        let mut bytes = payload.to_vec();
+        bytes.extend_from_slice(&Sha256::digest(payload));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn verify_names_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        // Hash right, but not ours (an etcd bbolt file starts with a page).
+        let path = file_with_hash(dir.path(), &[0u8; 1024]);
+        let err = verify(&path).unwrap_err().to_string();
+        assert!(err.contains("not an oxcd snapshot"), "{err}");
+        // Ours, hash wrong.
+        let mut payload = MAGIC.to_vec();
+        payload.resize(512, 0);
+        let path = file_with_hash(dir.path(), &payload);
+        assert_eq!(verify(&path).unwrap(), 512);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = verify(&path).unwrap_err().to_string();
+        assert!(err.contains("expected sha256 ["), "{err}");
+        // Cut short.
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let err = verify(&path).unwrap_err().to_string();
+        assert!(err.contains("snapshot missing hash"), "{err}");
+    }
+
+    #[test]
+    fn payload_is_padded_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("source")).unwrap();
+        for i in 0..50 {
+            let mut a = store.begin_apply();
+            a.put(&crate::proto::etcdserverpb::PutRequest {
+                key: format!("k{i}").into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+            a.commit().unwrap();
+        }
+        let (mut f, len, revision) = payload_file(&store, dir.path()).unwrap();
+        assert_eq!((len % PAD_TO, revision), (0, 51));
+        let mut payload = Vec::new();
+        f.read_to_end(&mut payload).unwrap();
+        let path = file_with_hash(dir.path(), &payload);
+        let summary = status(&StatusArgs {
+            file: path.clone(),
+            write_out: "json".into(),
+        })
+        .unwrap();
+        assert!(
+            summary.contains("\"revision\":51,\"totalKey\":50,"),
+            "{summary}"
+        );
+        // Padding that is not zeros is refused.
+        let mut bad = payload.clone();
+        *bad.last_mut().unwrap() = 7;
+        let bad_path = file_with_hash(dir.path(), &bad);
+        let args = |file: PathBuf, data_dir: PathBuf| RestoreArgs {
+            file,
+            data_dir: Some(data_dir),
+            name: "default".into(),
+            initial_cluster: "default=http://localhost:2380".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: "http://localhost:2380".into(),
+        };
+        let err = restore(&args(bad_path, dir.path().join("bad"))).unwrap_err();
+        assert!(format!("{err:#}").contains("unexpected bytes"), "{err:#}");
+        assert!(!dir.path().join("bad").exists());
+        let path = file_with_hash(dir.path(), &payload);
+        let restored = restore(&args(path, dir.path().join("good"))).unwrap();
+        assert_eq!(restored.revision, 51);
+        let store = Store::open(&dir.path().join("good").join("db")).unwrap();
+        assert_eq!(store.current_revision(), 51);
+        assert_eq!(
+            store.applied_meta().unwrap(),
+            None,
+            "no Raft state comes along"
+        );
+    }
+
+    #[test]
+    fn human_bytes_matches_go_humanize() {
+        assert_eq!(human_bytes(5), "5 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_000), "1.0 kB");
+        assert_eq!(human_bytes(20_480), "20 kB");
+        assert_eq!(human_bytes(1_234_567), "1.2 MB");
+        assert_eq!(human_bytes(82_000_000), "82 MB");
+    }
+}
