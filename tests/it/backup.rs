@@ -305,3 +305,48 @@ async fn restore_refuses_damaged_files_and_existing_dirs() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read_dir(&empty).unwrap().count() > 0);
 }
+
+/// The stream as a client library sees it, from a follower: data in chunks
+/// of at most 32 KiB with `remaining_bytes` counting down to 0, then one
+/// message of the data's SHA-256 (also `remaining_bytes` 0); the data a
+/// multiple of 512 bytes.
+#[tokio::test]
+async fn snapshot_stream_from_a_follower() {
+    use sha2::{Digest, Sha256};
+
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await.expect("a leader");
+    let mut c = cluster.member(leader).client().await;
+    for i in 0..300 {
+        c.put(format!("k/{i:03}"), vec![b'v'; 1000], None)
+            .await
+            .unwrap();
+    }
+    let follower = (leader + 1) % 3;
+    let mut fc = cluster.member(follower).client().await;
+    // The follower has applied everything the leader acknowledged.
+    fc.get("k/299", None).await.unwrap();
+    let mut stream = fc.snapshot().await.unwrap();
+    let mut messages = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        messages.push((m.remaining_bytes(), m.blob().to_vec()));
+    }
+    let (sha, data) = messages.split_last().expect("messages");
+    let total: usize = data.iter().map(|(_, b)| b.len()).sum();
+    assert!(total > 300_000, "{total} bytes for 300 KB of values");
+    assert_eq!(total % 512, 0);
+    let mut left = total;
+    let mut all = Vec::with_capacity(total);
+    for (remaining, blob) in data {
+        assert!(
+            !blob.is_empty() && blob.len() <= 32 * 1024,
+            "{}",
+            blob.len()
+        );
+        left -= blob.len();
+        assert_eq!(*remaining, left as u64);
+        all.extend_from_slice(blob);
+    }
+    assert_eq!(sha.0, 0);
+    assert_eq!(sha.1, Sha256::digest(&all).to_vec());
+}
