@@ -364,9 +364,12 @@ pub fn restore(a: &RestoreArgs) -> anyhow::Result<Restored> {
     // rename(2) replaces an empty directory.
     std::fs::rename(&tmp, &data_dir)
         .with_context(|| format!("rename {} to {}", tmp.display(), data_dir.display()))?;
-    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)?.sync_all()?;
-    }
+    // The rename is durable once the parent dir is.
+    let parent = match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()?;
     Ok(Restored {
         data_dir,
         revision,
