@@ -16,9 +16,12 @@
 //! message and that its clients and restore check. The payload is
 //! [`MAGIC`] and the MVCC store's logical snapshot at one revision (every
 //! revision not compacted, the compaction point, the leases), without
-//! Raft's applied state: a restored member starts a new cluster with a new
-//! log, as etcd's restore does. etcd's bbolt snapshots and oxcd's backups
-//! are not interchangeable; each tool refuses the other's file and says so.
+//! Raft's applied state. A restore writes it as the Raft snapshot that a
+//! new cluster's log starts after (with the new membership), as etcd's
+//! restore writes a snapshot and a WAL that starts after it: members
+//! install it on their first start, and a member that joins without one
+//! is sent it. etcd's bbolt snapshots and oxcd's backups are not
+//! interchangeable; each tool refuses the other's file and says so.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -35,6 +38,7 @@ use crate::config::{Config, ETCD_CLUSTER_VERSION};
 use crate::error::Error;
 use crate::mvcc::{self, StorageError, Store};
 use crate::proto::etcdserverpb::SnapshotResponse;
+use crate::raft::state_machine::write_restored_snapshot;
 
 /// The first bytes of every backup's payload.
 pub const MAGIC: &[u8; 16] = b"oxcd-backup-v1\n\0";
@@ -99,9 +103,11 @@ fn payload_file(store: &Store, dir: &Path) -> Result<(File, u64, i64), StorageEr
 }
 
 /// Serves `Maintenance.Snapshot`: the payload is written to a temporary
-/// file in `dir` first (so compaction waits only for the store's pace, not
-/// the client's, and `remaining_bytes` is exact), then sent in [`CHUNK`]s
-/// and followed by its SHA-256, as etcd sends its database.
+/// file in `dir` first (so compaction, and a snapshot install from the
+/// leader, wait only for the store's pace, not the client's, and
+/// `remaining_bytes` is exact), then sent in [`CHUNK`]s and followed by
+/// its SHA-256, as etcd sends its database. One backup is staged at a
+/// time, and only with the store's size free beside it.
 pub fn serve(store: Store, dir: PathBuf) -> ReceiverStream<Result<SnapshotResponse, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
@@ -115,8 +121,39 @@ pub fn serve(store: Store, dir: PathBuf) -> ReceiverStream<Result<SnapshotRespon
 
 type Sender = tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>;
 
+/// Room left free in the data dir's file system after staging a backup.
+const STAGING_HEADROOM: u64 = 64 << 20;
+
+/// One backup is staged at a time per member.
+static STAGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Free bytes for an unprivileged writer in `dir`'s file system.
+fn free_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 fn send(store: &Store, dir: &Path, tx: &Sender) -> Result<(), StorageError> {
+    // The staged copy must not take the space the store itself needs to go
+    // on applying (a failed write there stops the member): the logical
+    // copy is smaller than the store's files, so their size bounds it.
+    let staging = STAGING.lock().unwrap_or_else(|e| e.into_inner());
+    let need = store.size_on_disk().max(0) as u64 + STAGING_HEADROOM;
+    let free = free_space(dir)?;
+    if free < need {
+        return Err(StorageError::Io(std::io::Error::other(format!(
+            "not enough free space in {} to stage a snapshot: {free} bytes free, {need} needed",
+            dir.display()
+        ))));
+    }
     let (mut file, total, revision) = payload_file(store, dir)?;
+    drop(staging);
     tracing::info!(
         revision,
         total_bytes = total,
@@ -308,11 +345,14 @@ pub struct Restored {
     pub member_id: u64,
 }
 
-/// Checks the snapshot and the new cluster's flags, then builds the data
-/// dir beside its final path and renames it into place, so a failed or
-/// interrupted restore never leaves a data dir a member would start from.
-/// The member is then started with the same flags; it forms the new
-/// cluster with the others restored from the same file.
+/// Checks the new cluster's flags and the whole file, then writes the
+/// data dir: a Raft snapshot of the backup at the start of the new
+/// cluster's log, with its membership
+/// (`state_machine::write_restored_snapshot`), which the member installs
+/// on its first start. A member that joins the new cluster without a
+/// restored data dir therefore receives the snapshot, never a log replay
+/// onto an empty store. Nothing is left behind on failure: an empty data
+/// dir that existed is left empty.
 pub fn restore(a: &RestoreArgs) -> anyhow::Result<Restored> {
     // The same parsing and checks as the server's own start-up.
     let config = Config::try_parse_from([
@@ -327,7 +367,10 @@ pub fn restore(a: &RestoreArgs) -> anyhow::Result<Restored> {
         &a.initial_advertise_peer_urls,
     ])?;
     let boot = Bootstrap::from_config(&config).map_err(anyhow::Error::msg)?;
-    let data_dir = a.data_dir.clone().unwrap_or_else(|| config.data_dir());
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.oxcd", a.name)));
     // As etcdutl 3.5: an empty dir may be restored into, nothing else.
     if data_dir.exists() && !is_empty_dir(&data_dir) {
         bail!(
@@ -336,46 +379,40 @@ pub fn restore(a: &RestoreArgs) -> anyhow::Result<Restored> {
         );
     }
     let payload = verify(&a.file)?;
-    let mut tmp = data_dir.clone().into_os_string();
-    tmp.push(".restoring");
-    let tmp = PathBuf::from(tmp);
-    if tmp.exists() {
-        // Left by an interrupted restore: never renamed, never used.
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("remove {}", tmp.display()))?;
-    }
-    let built = (|| -> anyhow::Result<i64> {
-        std::fs::create_dir_all(&tmp)?;
-        let store = Store::open(&tmp.join("db")).context("create the MVCC store")?;
+    let mut r = open_payload(&a.file, payload)?;
+    mvcc::read_snapshot_summary(&mut r).with_context(|| format!("read {}", a.file.display()))?;
+    check_padding(&mut r)?;
+
+    let existed = data_dir.exists();
+    let written = (|| -> anyhow::Result<mvcc::SnapshotSummary> {
+        std::fs::create_dir_all(&data_dir)?;
         let mut r = open_payload(&a.file, payload)?;
-        store
-            .install_snapshot(&mut r)
-            .context("install the snapshot")?;
-        check_padding(&mut r)?;
-        store.flush()?;
-        Ok(store.current_revision())
+        let summary =
+            write_restored_snapshot(&data_dir.join("snap"), boot.members.clone(), &mut r)?;
+        File::open(&data_dir)?.sync_all()?;
+        let parent = match data_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+        Ok(summary)
     })();
-    let revision = match built {
-        Ok(revision) => revision,
+    match written {
+        Ok(summary) => Ok(Restored {
+            data_dir,
+            revision: summary.revision,
+            cluster_id: boot.cluster_id,
+            member_id: boot.member_id,
+        }),
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e.context(format!("restore {}", a.file.display())));
+            let _ = if existed {
+                std::fs::remove_dir_all(data_dir.join("snap"))
+            } else {
+                std::fs::remove_dir_all(&data_dir)
+            };
+            Err(e.context(format!("restore {}", a.file.display())))
         }
-    };
-    // rename(2) replaces an empty directory.
-    std::fs::rename(&tmp, &data_dir)
-        .with_context(|| format!("rename {} to {}", tmp.display(), data_dir.display()))?;
-    // The rename is durable once the parent dir is.
-    let parent = match data_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)?.sync_all()?;
-    Ok(Restored {
-        data_dir,
-        revision,
-        cluster_id: boot.cluster_id,
-        member_id: boot.member_id,
-    })
+    }
 }
 
 fn is_empty_dir(dir: &Path) -> bool {
@@ -466,6 +503,7 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::state_machine::{restored_log_id, StateMachine};
 
     /// A file of `payload` and its SHA-256, in `dir`.
     fn file_with_hash(dir: &Path, payload: &[u8]) -> PathBuf {
@@ -543,15 +581,15 @@ mod tests {
         assert!(format!("{err:#}").contains("unexpected bytes"), "{err:#}");
         assert!(!dir.path().join("bad").exists());
         let path = file_with_hash(dir.path(), &payload);
-        let restored = restore(&args(path, dir.path().join("good"))).unwrap();
+        let good = dir.path().join("good");
+        let restored = restore(&args(path, good.clone())).unwrap();
         assert_eq!(restored.revision, 51);
-        let store = Store::open(&dir.path().join("good").join("db")).unwrap();
+        // The member's first start installs it, at the new log's start.
+        let store = Store::open(&good.join("db")).unwrap();
+        assert_eq!(store.current_revision(), 1);
+        let sm = StateMachine::open(store.clone(), &good.join("snap")).unwrap();
         assert_eq!(store.current_revision(), 51);
-        assert_eq!(
-            store.applied_meta().unwrap(),
-            None,
-            "no Raft state comes along"
-        );
+        assert_eq!(*sm.applied_index().borrow(), restored_log_id().index);
     }
 
     #[test]

@@ -130,15 +130,16 @@ pub async fn serve(
     let log_store = LogStore::<TypeConfig>::open(&config.wal_dir())
         .with_context(|| format!("open WAL in {}", config.wal_dir().display()))?;
     let store = Store::open(&data_dir.join("db")).context("open the MVCC store")?;
+    // The state machine first: it may reinstall a snapshot (after a crash
+    // during an install, or on a restored backup's first start), and the
+    // watch hub and the lessor start from the store it leaves.
+    let sm = StateMachine::open(store.clone(), &data_dir.join("snap")).context("open snapshots")?;
     let hub = Hub::new(store.clone());
     let lessor = Lessor::new(
         LessorConfig::new(config.heartbeat(), config.election()),
         store.lease_records(),
     );
-    let sm = StateMachine::open(store.clone(), &data_dir.join("snap"))
-        .context("open snapshots")?
-        .with_watch_hub(hub.clone())
-        .with_lessor(lessor.clone());
+    let sm = sm.with_watch_hub(hub.clone()).with_lessor(lessor.clone());
     let directory = sm.directory();
     let applied_index = sm.applied_index();
 

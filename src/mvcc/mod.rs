@@ -85,7 +85,7 @@ mod txn;
 pub use hash::KvHash;
 pub use lease::{LeaseInfo, LeaseRecord, MAX_LEASE_TTL};
 pub use revision::Revision;
-pub use store::{read_snapshot_summary, Change, Snapshot, SnapshotSummary, Store};
+pub use store::{copy_snapshot, read_snapshot_summary, Change, Snapshot, SnapshotSummary, Store};
 pub use txn::{is_txn_readonly, Applier};
 
 /// Deterministic outcomes of a request, computed alike by every member.

@@ -623,33 +623,59 @@ pub struct SnapshotSummary {
 /// Reads a stream written by [`Snapshot::write_to`] to its end record,
 /// checking its shape as [`Store::install_snapshot`] does.
 pub fn read_snapshot_summary(r: &mut impl Read) -> Result<SnapshotSummary, StorageError> {
+    copy_snapshot(r, &mut std::io::sink(), None)
+}
+
+/// Copies a stream written by [`Snapshot::write_to`] to `w`, record by
+/// record and checked as [`read_snapshot_summary`] does, with Raft's
+/// applied meta in its header replaced by `applied_meta`. Returns what the
+/// source held.
+pub fn copy_snapshot(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    applied_meta: Option<Vec<u8>>,
+) -> Result<SnapshotSummary, StorageError> {
+    let mut put = |rec: &SnapRecord| bincode::serialize_into(&mut *w, rec).map_err(|e| codec(*e));
     let mut summary = match read_record(r)? {
         SnapRecord::Header {
             magic,
             revision,
             compact_revision,
-            applied_meta,
-        } if magic == SNAPSHOT_MAGIC => SnapshotSummary {
-            revision,
-            compact_revision,
-            revisions: 0,
-            leases: 0,
-            has_applied_meta: applied_meta.is_some(),
-        },
+            applied_meta: source_meta,
+        } if magic == SNAPSHOT_MAGIC => {
+            put(&SnapRecord::Header {
+                magic,
+                revision,
+                compact_revision,
+                applied_meta,
+            })?;
+            SnapshotSummary {
+                revision,
+                compact_revision,
+                revisions: 0,
+                leases: 0,
+                has_applied_meta: source_meta.is_some(),
+            }
+        }
         _ => return Err(StorageError::Corrupt("not an mvcc snapshot".into())),
     };
     loop {
-        match read_record(r)? {
+        let rec = read_record(r)?;
+        match &rec {
             SnapRecord::Header { .. } => {
                 return Err(StorageError::Corrupt("second snapshot header".into()))
             }
             SnapRecord::Lease { .. } => summary.leases += 1,
             SnapRecord::Rev { rev, .. } => {
-                Revision::from_bytes(&rev)
+                Revision::from_bytes(rev)
                     .ok_or_else(|| StorageError::Corrupt("bad snapshot revision".into()))?;
                 summary.revisions += 1;
             }
-            SnapRecord::End => return Ok(summary),
+            SnapRecord::End => {}
+        }
+        put(&rec)?;
+        if matches!(rec, SnapRecord::End) {
+            return Ok(summary);
         }
     }
 }

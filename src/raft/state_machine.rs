@@ -17,7 +17,7 @@
 //! store is flushed before a snapshot is reported built, because openraft
 //! purges the WAL up to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,7 +27,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    ApplyError, LogId, MemberAttributes, MemberDirectory, MemberId, Request, Response,
+    ApplyError, LogId, Member, MemberAttributes, MemberDirectory, MemberId, Request, Response,
     SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::lease::Lessor;
@@ -109,7 +109,7 @@ impl StateMachine {
         // start from; the log after it is still in the WAL.
         if let Some((meta, path)) = &current {
             if applied.last_applied < meta.last_log_id {
-                tracing::warn!(snapshot = %meta, "store is behind the newest snapshot; reinstalling it");
+                tracing::info!(snapshot = %meta, "store is behind the newest snapshot (a restored backup's first start, or a crash during an install); installing it");
                 let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
                 read_meta(&mut r)?;
                 store
@@ -279,6 +279,62 @@ fn read_meta(f: &mut impl Read) -> std::io::Result<SnapshotMeta> {
     bincode::deserialize(&buf).map_err(std::io::Error::other)
 }
 
+fn write_meta(w: &mut impl Write, meta: &SnapshotMeta) -> std::io::Result<()> {
+    let bytes = bincode::serialize(meta).map_err(std::io::Error::other)?;
+    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    w.write_all(&bytes)
+}
+
+/// The log position of a backup restored into a new cluster: its log
+/// starts after it (openraft purges up to what the state machine has
+/// applied), so a member that holds nothing catches up by installing the
+/// snapshot, never by replaying a log that does not hold the data.
+pub fn restored_log_id() -> LogId {
+    LogId::new(openraft::CommittedLeaderId::new(0, 0), 1)
+}
+
+/// Writes into `snap_dir` the snapshot a member of a new cluster of
+/// `members` starts from: the MVCC stream read from `stream` (a backup's),
+/// at [`restored_log_id`] with that membership and no published
+/// attributes. The member's first start installs it, as `open` reinstalls
+/// a snapshot the store is behind. The file appears under its final name
+/// only once complete and synced.
+pub fn write_restored_snapshot(
+    snap_dir: &Path,
+    members: BTreeMap<MemberId, Member>,
+    stream: &mut impl Read,
+) -> std::io::Result<mvcc::SnapshotSummary> {
+    let log_id = restored_log_id();
+    let voters: BTreeSet<MemberId> = members.keys().copied().collect();
+    let membership = StoredMembership::new(
+        Some(log_id),
+        openraft::Membership::new(vec![voters], members),
+    );
+    let applied = AppliedState {
+        last_applied: Some(log_id),
+        membership: membership.clone(),
+        attributes: BTreeMap::new(),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: membership,
+        snapshot_id: format!("{}-{}-restored", log_id.leader_id.term, log_id.index),
+    };
+    std::fs::create_dir_all(snap_dir)?;
+    let name = format!("{}.snap", meta.snapshot_id);
+    let tmp = snap_dir.join(format!("{name}.tmp"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    write_meta(&mut f, &meta)?;
+    let applied = bincode::serialize(&applied).map_err(std::io::Error::other)?;
+    let summary =
+        mvcc::copy_snapshot(stream, &mut f, Some(applied)).map_err(std::io::Error::other)?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, snap_dir.join(name))?;
+    fsync_dir(snap_dir)?;
+    Ok(summary)
+}
+
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -342,9 +398,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let tmp = dir.join(format!("{name}.tmp"));
             let path = dir.join(name);
             let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            let meta_bytes = bincode::serialize(&meta).map_err(std::io::Error::other)?;
-            f.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
-            f.write_all(&meta_bytes)?;
+            write_meta(&mut f, &meta)?;
             match snapshot.write_to(&mut f) {
                 Ok(()) => {}
                 // A snapshot from the leader replaced the store while this

@@ -535,7 +535,6 @@ pub async fn current_rev(c: &mut Client) -> i64 {
 // u64 range, which etcd's cluster/member ids need. Bytes fields are standard
 // padded base64, as Go's encoding/json writes []byte.
 
-/// Parses etcdctl's JSON output; panics with the text if it is not JSON.
 /// One key as a client sees it: key, value, create and mod revision,
 /// version, lease.
 pub type KvRow = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
@@ -565,6 +564,7 @@ pub async fn all_keys(c: &mut Client, rev: i64) -> Result<(Vec<KvRow>, i64), etc
     Ok((kvs, r.header().unwrap().revision()))
 }
 
+/// Parses etcdctl's JSON output; panics with the text if it is not JSON.
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
 }
@@ -1022,9 +1022,10 @@ impl TestCluster {
     }
 
     /// `n` members, each started on a data dir restored from `snapshot`
-    /// (`snapshot_tool`) with its own name and the new cluster's flags.
-    pub async fn start_restored(n: usize, snapshot: &Path) -> TestCluster {
-        Self::start_inner(n, &[], None, &|_| (), Some(snapshot)).await
+    /// (`snapshot_tool`) with its own name and the new cluster's flags,
+    /// but for the members in `blank`, which start with an empty one.
+    pub async fn start_restored(n: usize, snapshot: &Path, blank: &[usize]) -> TestCluster {
+        Self::start_inner(n, &[], None, &|_| (), Some((snapshot, blank))).await
     }
 
     async fn start_inner(
@@ -1032,7 +1033,7 @@ impl TestCluster {
         args: &[&str],
         advertised: Option<&[u16]>,
         on_spawn: &dyn Fn(&TestCluster),
-        restore_from: Option<&Path>,
+        restore_from: Option<(&Path, &[usize])>,
     ) -> TestCluster {
         assert!(n >= 1 && n % 2 == 1, "odd-sized clusters only, not {n}");
         // Ports are picked then released, so another process can take one
@@ -1064,7 +1065,7 @@ impl TestCluster {
         n: usize,
         args: &[&str],
         advertised: Option<&[u16]>,
-        restore_from: Option<&Path>,
+        restore_from: Option<(&Path, &[usize])>,
     ) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("oxcd-it-cluster-")
@@ -1106,7 +1107,8 @@ impl TestCluster {
             })
             .collect();
         for m in &mut members {
-            if let Some(snapshot) = restore_from {
+            if let Some((snapshot, _)) = restore_from.filter(|(_, blank)| !blank.contains(&m.index))
+            {
                 std::fs::create_dir_all(&m.dir).unwrap();
                 restore_into(
                     snapshot,
