@@ -549,8 +549,12 @@ struct Writers {
     tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
-/// Attempts per put before a writer gives up (and fails the test).
-const PUT_ATTEMPTS: usize = 200;
+/// Attempts per put, and the time they may take, before a writer gives up
+/// (and fails the test). Attempts fail fast while there is no leader, so
+/// the time bound is what rides out an election storm on a loaded host
+/// (the compose test builds its image beside these tests).
+const PUT_ATTEMPTS: usize = 2000;
+const PUT_PATIENCE: Duration = Duration::from_secs(60);
 /// Bound on one put attempt.
 const PUT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -580,7 +584,11 @@ impl Writers {
                     let (k, v) = (format!("{prefix}/{w}/{i:05}"), format!("v-{w}-{i}"));
                     let mut errors = Vec::new();
                     let mut done = false;
+                    let give_up = Instant::now() + PUT_PATIENCE;
                     for _attempt in 0..PUT_ATTEMPTS {
+                        if Instant::now() > give_up {
+                            break;
+                        }
                         if client.is_none() {
                             let opts = etcd_client::ConnectOptions::new()
                                 .with_connect_timeout(Duration::from_secs(1))
@@ -593,7 +601,10 @@ impl Writers {
                             {
                                 Ok(Ok(c)) => client = Some(c),
                                 other => {
-                                    errors.push(format!("connect m{at}: {:?}", other.map(|r| r.err())));
+                                    errors.push(format!(
+                                        "connect m{at}: {:?}",
+                                        other.map(|r| r.err())
+                                    ));
                                     at = (at + 1) % n;
                                     tokio::time::sleep(Duration::from_millis(20)).await;
                                     continue;
@@ -601,10 +612,16 @@ impl Writers {
                             }
                         }
                         let c = client.as_mut().unwrap();
-                        match tokio::time::timeout(PUT_TIMEOUT, c.put(k.as_str(), v.as_str(), None)).await {
+                        match tokio::time::timeout(PUT_TIMEOUT, c.put(k.as_str(), v.as_str(), None))
+                            .await
+                        {
                             Ok(Ok(r)) => {
                                 let rev = r.header().unwrap().revision();
-                                acked.lock().unwrap().push((w, (k.clone(), v.clone(), rev), Instant::now()));
+                                acked.lock().unwrap().push((
+                                    w,
+                                    (k.clone(), v.clone(), rev),
+                                    Instant::now(),
+                                ));
                                 count.fetch_add(1, Ordering::SeqCst);
                                 done = true;
                                 break;
@@ -619,7 +636,10 @@ impl Writers {
                     }
                     if !done {
                         let tail = &errors[errors.len().saturating_sub(6)..];
-                        return Err(format!("writer {w}: {k} not acknowledged after {PUT_ATTEMPTS} attempts: {tail:?}"));
+                        return Err(format!(
+                            "writer {w}: {k} not acknowledged after {} attempts: {tail:?}",
+                            errors.len()
+                        ));
                     }
                 }
                 Ok(())
@@ -654,7 +674,9 @@ impl Writers {
     async fn finish(self) -> Vec<(usize, Ack, Instant)> {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
-            tokio::time::timeout(Duration::from_secs(PUT_ATTEMPTS as u64 * 6), t)
+            // A put in flight gives up within its patience, plus one
+            // attempt's connect and put timeouts.
+            tokio::time::timeout(PUT_PATIENCE + PUT_TIMEOUT + Duration::from_secs(5), t)
                 .await
                 .expect("writer did not stop")
                 .unwrap()
