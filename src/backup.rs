@@ -182,9 +182,16 @@ fn send(store: &Store, dir: &Path, tx: &Sender) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Checks a backup file: its SHA-256 trailer and its magic. Returns the
-/// payload's length (the file's, less the trailer).
-pub fn verify(path: &Path) -> anyhow::Result<u64> {
+/// A backup file whose trailer matched: its payload's length (the file's,
+/// less the trailer) and CRC-32C (`status`'s hash).
+#[derive(Debug)]
+pub struct Verified {
+    pub payload: u64,
+    pub crc32c: u32,
+}
+
+/// Checks a backup file: its SHA-256 trailer and its magic, in one read.
+pub fn verify(path: &Path) -> anyhow::Result<Verified> {
     let mut f =
         BufReader::new(File::open(path).with_context(|| format!("open {}", path.display()))?);
     let len = f.get_ref().metadata()?.len();
@@ -204,12 +211,16 @@ pub fn verify(path: &Path) -> anyhow::Result<u64> {
         );
     }
     let payload = len - SHA_LEN as u64;
-    let mut sha = Sha256::new();
-    sha.update(magic);
+    let mut digests = Digests {
+        sha: Sha256::new(),
+        crc32c: 0,
+    };
+    digests.write_all(&magic)?;
     std::io::copy(
         &mut (&mut f).take(payload - MAGIC.len() as u64),
-        &mut ShaWriter(&mut sha),
+        &mut digests,
     )?;
+    let Digests { sha, crc32c } = digests;
     let mut want = [0u8; SHA_LEN];
     f.read_exact(&mut want)?;
     let got = sha.finalize();
@@ -222,7 +233,7 @@ pub fn verify(path: &Path) -> anyhow::Result<u64> {
             go_bytes(&got)
         );
     }
-    Ok(payload)
+    Ok(Verified { payload, crc32c })
 }
 
 /// A byte slice as Go's `%v` prints it (`[1 237 102]`), as etcdutl does.
@@ -231,11 +242,16 @@ fn go_bytes(bytes: &[u8]) -> String {
     format!("[{}]", parts.join(" "))
 }
 
-struct ShaWriter<'a>(&'a mut Sha256);
+/// The two digests of a payload, fed as it is read.
+struct Digests {
+    sha: Sha256,
+    crc32c: u32,
+}
 
-impl Write for ShaWriter<'_> {
+impl Write for Digests {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
+        self.sha.update(buf);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -286,7 +302,7 @@ enum SnapshotCommand {
 pub struct RestoreArgs {
     /// The snapshot file.
     pub file: PathBuf,
-    /// The data dir to create (default: `<name>.oxcd`); it must not exist.
+    /// The data dir to create (default: `<name>.oxcd`); it must not exist or be empty.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// This member's name in `--initial-cluster`.
@@ -345,14 +361,15 @@ pub struct Restored {
     pub member_id: u64,
 }
 
-/// Checks the new cluster's flags and the whole file, then writes the
+/// Checks the new cluster's flags and the file's SHA-256, then writes the
 /// data dir: a Raft snapshot of the backup at the start of the new
 /// cluster's log, with its membership
 /// (`state_machine::write_restored_snapshot`), which the member installs
 /// on its first start. A member that joins the new cluster without a
 /// restored data dir therefore receives the snapshot, never a log replay
-/// onto an empty store. Nothing is left behind on failure: an empty data
-/// dir that existed is left empty.
+/// onto an empty store. The MVCC stream is checked record by record as it
+/// is copied; nothing is left behind on any failure (an empty data dir
+/// that existed is left empty).
 pub fn restore(a: &RestoreArgs) -> anyhow::Result<Restored> {
     // The same parsing and checks as the server's own start-up.
     let config = Config::try_parse_from([
@@ -378,17 +395,14 @@ pub fn restore(a: &RestoreArgs) -> anyhow::Result<Restored> {
             data_dir.display().to_string()
         );
     }
-    let payload = verify(&a.file)?;
-    let mut r = open_payload(&a.file, payload)?;
-    mvcc::read_snapshot_summary(&mut r).with_context(|| format!("read {}", a.file.display()))?;
-    check_padding(&mut r)?;
-
+    let payload = verify(&a.file)?.payload;
     let existed = data_dir.exists();
     let written = (|| -> anyhow::Result<mvcc::SnapshotSummary> {
         std::fs::create_dir_all(&data_dir)?;
         let mut r = open_payload(&a.file, payload)?;
         let summary =
             write_restored_snapshot(&data_dir.join("snap"), boot.members.clone(), &mut r)?;
+        check_padding(&mut r)?;
         File::open(&data_dir)?.sync_all()?;
         let parent = match data_dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -424,21 +438,14 @@ fn is_empty_dir(dir: &Path) -> bool {
 /// is a CRC-32 of its bbolt buckets); total keys are the key revisions and
 /// leases stored; the size is the payload's, without the SHA-256.
 pub fn status(a: &StatusArgs) -> anyhow::Result<String> {
-    let payload = verify(&a.file)?;
+    let Verified {
+        payload,
+        crc32c: crc,
+    } = verify(&a.file)?;
     let mut r = open_payload(&a.file, payload)?;
     let summary = mvcc::read_snapshot_summary(&mut r)
         .with_context(|| format!("read {}", a.file.display()))?;
     check_padding(&mut r)?;
-    let mut crc = 0u32;
-    let mut f = BufReader::new(File::open(&a.file)?).take(payload);
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-    }
     let total_keys = summary.revisions + summary.leases;
     // As etcd's, the size of what the hash covers.
     let size = payload;
@@ -525,7 +532,7 @@ mod tests {
         let mut payload = MAGIC.to_vec();
         payload.resize(512, 0);
         let path = file_with_hash(dir.path(), &payload);
-        assert_eq!(verify(&path).unwrap(), 512);
+        assert_eq!(verify(&path).unwrap().payload, 512);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] = 1;
         std::fs::write(&path, &bytes).unwrap();

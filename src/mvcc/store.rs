@@ -612,12 +612,9 @@ fn read_record(r: &mut impl Read) -> Result<SnapRecord, StorageError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotSummary {
     pub revision: i64,
-    pub compact_revision: i64,
     /// Key revisions (puts and tombstones) in the stream.
     pub revisions: u64,
     pub leases: u64,
-    /// Whether Raft's applied meta came with it.
-    pub has_applied_meta: bool,
 }
 
 /// Reads a stream written by [`Snapshot::write_to`] to its end record,
@@ -641,7 +638,7 @@ pub fn copy_snapshot(
             magic,
             revision,
             compact_revision,
-            applied_meta: source_meta,
+            ..
         } if magic == SNAPSHOT_MAGIC => {
             put(&SnapRecord::Header {
                 magic,
@@ -651,10 +648,8 @@ pub fn copy_snapshot(
             })?;
             SnapshotSummary {
                 revision,
-                compact_revision,
                 revisions: 0,
                 leases: 0,
-                has_applied_meta: source_meta.is_some(),
             }
         }
         _ => return Err(StorageError::Corrupt("not an mvcc snapshot".into())),
